@@ -1,0 +1,49 @@
+"""reactive_bp: Reactive Streams for Python with demand-based backpressure.
+
+A consumer says ``request(n)`` and never receives more than it asked for, so a
+fast producer can never exhaust a slow consumer's memory.
+"""
+
+from ._core._demand import UNBOUNDED as UNBOUNDED
+from ._core._demand import NonPositiveRequestError as NonPositiveRequestError
+from ._core._hooks import ProtocolViolationError as ProtocolViolationError
+from ._core._hooks import get_undeliverable_hook as get_undeliverable_hook
+from ._core._hooks import set_undeliverable_hook as set_undeliverable_hook
+from ._core._operator import OperatorSubscriber as OperatorSubscriber
+from ._flow import Flow as Flow
+from .abc import Processor as Processor
+from .abc import Publisher as Publisher
+from .abc import Subscriber as Subscriber
+from .abc import Subscription as Subscription
+from .sources._generate import SynchronousSink as SynchronousSink
+from .sources._iterable import NoneItemError as NoneItemError
+from .subscribers._base import BaseSubscriber as BaseSubscriber
+from .subscribers._base import RequestPolicy as RequestPolicy
+from .subscribers._base import SignalType as SignalType
+from .subscribers._blocking import EmptyFlowError as EmptyFlowError
+from .subscribers._lambda import Disposable as Disposable
+from .subscribers._lambda import LambdaSubscriber as LambdaSubscriber
+
+__all__ = [
+    "UNBOUNDED",
+    "BaseSubscriber",
+    "Disposable",
+    "EmptyFlowError",
+    "Flow",
+    "LambdaSubscriber",
+    "NonPositiveRequestError",
+    "NoneItemError",
+    "OperatorSubscriber",
+    "Processor",
+    "ProtocolViolationError",
+    "Publisher",
+    "RequestPolicy",
+    "SignalType",
+    "Subscriber",
+    "Subscription",
+    "SynchronousSink",
+    "get_undeliverable_hook",
+    "set_undeliverable_hook",
+]
+
+__version__ = "0.1.0"

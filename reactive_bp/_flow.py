@@ -1,0 +1,628 @@
+"""``Flow[T]``: the fluent, fully typed face of reactive_bp.
+
+Every method is a one-line delegation to the module that implements it; the
+docstrings here are the user documentation (marble diagram, ``Demand:``,
+``Cancellation:``, ``Errors:``). Marble legend: ``-`` time, ``a``.. items,
+``|`` completion, ``X`` error, ``^`` subscribe, ``!`` cancel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Generic, TypeVar, overload
+
+if TYPE_CHECKING:
+    from .abc import Publisher, Subscriber
+    from .sources._generate import SynchronousSink
+    from .subscribers._base import RequestPolicy
+    from .subscribers._lambda import Disposable
+
+__all__ = ["Flow"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+R = TypeVar("R")
+A = TypeVar("A")
+S = TypeVar("S")
+
+
+class _NoValue:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+NO_VALUE = _NoValue()
+
+
+class Flow(Generic[T]):
+    """A cold publisher of ``T`` with operators that honour demand.
+
+    ``Flow`` implements :class:`reactive_bp.abc.Publisher`. Subclasses implement
+    ``_subscribe``; users build flows with the static sources and operators.
+    """
+
+    __slots__ = ()
+
+    # -- Publisher -------------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber[T]) -> None:
+        """Attach ``subscriber``; ``subscribe(None)`` raises ``TypeError`` (Rule 1.9)."""
+        if subscriber is None:
+            raise TypeError("Rule 1.9: subscribe(None) is not allowed")
+        self._subscribe(subscriber)
+
+    def _subscribe(self, subscriber: Subscriber[T]) -> None:
+        raise NotImplementedError
+
+    # -- sources ---------------------------------------------------------------
+
+    @staticmethod
+    def from_iterable(iterable: Iterable[U]) -> Flow[U]:
+        """Emit the items of ``iterable``, pulling only as many as requested.
+
+        ::
+
+            from_iterable([a, b, c]):  ^-a-b-c-|
+
+        Demand: ``next()`` is called once per requested item, never ahead.
+        Each subscriber gets its own ``iter(iterable)``: a list replays, a
+        generator is shared (the second subscriber sees what is left).
+
+        Cancellation: the iterator is closed (a generator's ``finally`` runs).
+
+        Errors: an exception from the iterator becomes ``on_error``; a ``None``
+        item becomes ``on_error(NoneItemError)`` naming the source.
+
+        Example:
+            >>> Flow.from_iterable([1, 2, 3]).to_list()
+            [1, 2, 3]
+        """
+        return _iterable.IterableFlow(iterable)
+
+    @staticmethod
+    def range(start: int, stop: int | None = None, step: int = 1) -> Flow[int]:
+        """Emit ``range(start, stop, step)`` (Python's semantics, not Reactor's count).
+
+        ::
+
+            range(0, 3):  ^-0-1-2-|
+
+        Demand: one number per requested item.
+
+        Example:
+            >>> Flow.range(3).to_list()
+            [0, 1, 2]
+        """
+        numbers = range(start) if stop is None else range(start, stop, step)
+        return _iterable.IterableFlow(numbers, "range")
+
+    @staticmethod
+    def just(*items: U) -> Flow[U]:
+        """Emit the given items, then complete.
+
+        ::
+
+            just(a, b):  ^-a-b-|
+
+        Errors: ``just(None)`` raises ``TypeError`` at once: ``None`` is not an item.
+
+        Example:
+            >>> Flow.just("a", "b").to_list()
+            ['a', 'b']
+        """
+        if any(item is None for item in items):
+            raise TypeError("Flow.just(): None is not a valid item (Rule 2.13)")
+        return _iterable.IterableFlow(items, "just")
+
+    @staticmethod
+    def empty() -> Flow[U]:
+        """Complete at once, without waiting for demand.
+
+        ::
+
+            empty():  ^|
+        """
+        return _simple.EmptyFlow()
+
+    @staticmethod
+    def error(error: Exception) -> Flow[U]:
+        """Fail at once with ``error``, without waiting for demand.
+
+        ::
+
+            error(e):  ^X
+        """
+        return _simple.ErrorFlow(error)
+
+    @staticmethod
+    def never() -> Flow[U]:
+        """Never emit, never terminate (demand is still validated, Rule 3.9).
+
+        ::
+
+            never():  ^--------
+        """
+        return _simple.NeverFlow()
+
+    @staticmethod
+    def defer(factory: Callable[[], Publisher[U]]) -> Flow[U]:
+        """Call ``factory`` for each subscriber and relay the publisher it returns.
+
+        Errors: a raising factory, or one returning ``None``, becomes ``on_error``.
+        """
+        return _simple.DeferFlow(factory)
+
+    @staticmethod
+    def generate(
+        initial_state: Callable[[], S],
+        generator: Callable[[S, SynchronousSink[U]], S],
+        on_dispose: Callable[[S], object] | None = None,
+    ) -> Flow[U]:
+        """Produce items by calling ``generator(state, sink)`` once per requested item.
+
+        Each call must ``sink.next(item)`` once, or end the stream with
+        ``sink.complete()`` / ``sink.error(exc)`` (after an optional item); it
+        returns the next state. ``initial_state()`` runs once per subscriber;
+        ``on_dispose(state)`` runs on completion, error or cancel.
+
+        ::
+
+            generate(lambda: 0, step):  ^-0-1-2-...
+
+        Demand: the generator is called exactly once per requested item.
+
+        Example:
+            >>> def step(n: int, sink: SynchronousSink[int]) -> int:
+            ...     sink.next(n)
+            ...     if n == 2:
+            ...         sink.complete()
+            ...     return n + 1
+            >>> Flow.generate(lambda: 0, step).to_list()
+            [0, 1, 2]
+        """
+        return _generate.GenerateFlow(initial_state, generator, on_dispose)
+
+    @staticmethod
+    def from_publisher(publisher: Publisher[U]) -> Flow[U]:
+        """Adopt any Reactive Streams publisher (a ``Flow`` is returned unchanged).
+
+        A third-party publisher is guarded: a rule it breaks (over-delivery,
+        signals after a terminal, ``None`` items, overlapping signals, a bad
+        ``request`` it would raise from) becomes a clean ``on_error`` downstream
+        and a report to the undeliverable hook.
+        """
+        if isinstance(publisher, Flow):
+            return publisher
+        return _publisher.PublisherFlow(publisher)
+
+    # -- composition -------------------------------------------------------------
+
+    def lift(self, operator: Callable[[Subscriber[R]], Subscriber[T]]) -> Flow[R]:
+        """Apply a subscriber-level operator (usually an ``OperatorSubscriber`` subclass).
+
+        ``operator`` receives the downstream subscriber and returns the
+        subscriber that is attached upstream.
+
+        Example:
+            >>> class Double(OperatorSubscriber[int, int]):
+            ...     def hook_on_next(self, item: int) -> None:
+            ...         self.emit(item * 2)
+            >>> Flow.range(3).lift(Double).to_list()
+            [0, 2, 4]
+        """
+        return _lift.LiftFlow(self, operator)
+
+    @overload
+    def pipe(self) -> Flow[T]: ...
+    @overload
+    def pipe(self, op1: Callable[[Flow[T]], Flow[A]], /) -> Flow[A]: ...
+    @overload
+    def pipe(
+        self, op1: Callable[[Flow[T]], Flow[A]], op2: Callable[[Flow[A]], Flow[R]], /
+    ) -> Flow[R]: ...
+    @overload
+    def pipe(
+        self,
+        op1: Callable[[Flow[T]], Flow[A]],
+        op2: Callable[[Flow[A]], Flow[S]],
+        op3: Callable[[Flow[S]], Flow[R]],
+        /,
+    ) -> Flow[R]: ...
+    @overload
+    def pipe(
+        self,
+        op1: Callable[[Flow[T]], Flow[A]],
+        op2: Callable[[Flow[A]], Flow[S]],
+        op3: Callable[[Flow[S]], Flow[U]],
+        op4: Callable[[Flow[U]], Flow[R]],
+        /,
+    ) -> Flow[R]: ...
+    def pipe(self, *operators: Callable[[Flow[object]], Flow[object]]) -> Flow[object]:  # type: ignore[misc]
+        """Chain flow-to-flow functions, so user-written operators read like built-ins.
+
+        Example:
+            >>> def doubled(flow: Flow[int]) -> Flow[int]:
+            ...     return flow.map(lambda x: x * 2)
+            >>> Flow.range(3).pipe(doubled, doubled).to_list()
+            [0, 4, 8]
+        """
+        flow: Flow[object] = self  # type: ignore[assignment]
+        for operator in operators:
+            flow = operator(flow)
+        return flow
+
+    # -- transforming ------------------------------------------------------------
+
+    def map(self, mapper: Callable[[T], R]) -> Flow[R]:
+        """Transform each item with ``mapper``.
+
+        ::
+
+            ^-1-2-3-|  map(x * 10)  ^-10-20-30-|
+
+        Demand: 1:1, passed straight upstream.
+
+        Errors: a raising ``mapper`` (or one returning ``None``) cancels
+        upstream and becomes ``on_error``.
+
+        Example:
+            >>> Flow.range(3).map(lambda x: x * 10).to_list()
+            [0, 10, 20]
+        """
+        return _transform.map_(self, mapper)
+
+    def filter(self, predicate: Callable[[T], object]) -> Flow[T]:
+        """Keep the items for which ``predicate`` is truthy.
+
+        ::
+
+            ^-1-2-3-4-|  filter(even)  ^---2---4-|
+
+        Demand: passed upstream 1:1; each rejected item asks upstream for one
+        more, so downstream still receives what it requested.
+
+        Errors: a raising ``predicate`` cancels upstream and becomes ``on_error``.
+
+        Example:
+            >>> Flow.range(6).filter(lambda x: x % 2 == 0).to_list()
+            [0, 2, 4]
+        """
+        return _filtering.filter_(self, predicate)
+
+    def take(self, count: int) -> Flow[T]:
+        """Emit the first ``count`` items, then cancel upstream and complete.
+
+        ::
+
+            ^-1-2-3-4-|  take(2)  ^-1-2|
+
+        Demand: capped: upstream is never asked for more than ``count`` in
+        total, whatever downstream requests (so an unbounded request through
+        ``take(3)`` pulls 3 items from upstream, not 2**63-1).
+
+        Errors: ``count < 0`` raises ``ValueError`` at once.
+
+        Example:
+            >>> Flow.range(10).take(3).to_list()
+            [0, 1, 2]
+        """
+        return _filtering.take(self, count)
+
+    def skip(self, count: int) -> Flow[T]:
+        """Drop the first ``count`` items.
+
+        ::
+
+            ^-1-2-3-4-|  skip(2)  ^-----3-4-|
+
+        Demand: each skipped item asks upstream for one more.
+
+        Example:
+            >>> Flow.range(5).skip(3).to_list()
+            [3, 4]
+        """
+        return _filtering.skip(self, count)
+
+    def take_while(self, predicate: Callable[[T], object]) -> Flow[T]:
+        """Emit items while ``predicate`` holds; at the first that fails, cancel and complete.
+
+        ::
+
+            ^-1-2-5-1-|  take_while(x < 3)  ^-1-2-|
+
+        Demand: 1:1. Example:
+            >>> Flow.range(10).take_while(lambda x: x < 3).to_list()
+            [0, 1, 2]
+        """
+        return _filtering.take_while(self, predicate)
+
+    def skip_while(self, predicate: Callable[[T], object]) -> Flow[T]:
+        """Drop items while ``predicate`` holds, then emit everything.
+
+        ::
+
+            ^-1-2-5-1-|  skip_while(x < 3)  ^-----5-1-|
+
+        Demand: each skipped item asks upstream for one more. Example:
+            >>> Flow.just(1, 2, 5, 1).skip_while(lambda x: x < 3).to_list()
+            [5, 1]
+        """
+        return _filtering.skip_while(self, predicate)
+
+    def distinct_until_changed(self, key: Callable[[T], object] | None = None) -> Flow[T]:
+        """Drop items equal (by ``key``, default the item) to the one just emitted.
+
+        ::
+
+            ^-1-1-2-2-1-|  distinct_until_changed()  ^-1---2---1-|
+
+        Demand: each dropped item asks upstream for one more. Example:
+            >>> Flow.just(1, 1, 2, 2, 1).distinct_until_changed().to_list()
+            [1, 2, 1]
+        """
+        return _filtering.distinct_until_changed(self, key)
+
+    @overload
+    def scan(self, accumulator: Callable[[T, T], T]) -> Flow[T]: ...
+    @overload
+    def scan(self, accumulator: Callable[[A, T], A], seed: A) -> Flow[A]: ...
+    def scan(self, accumulator: Callable[[A, T], A], seed: object = NO_VALUE) -> Flow[A]:
+        """Emit every intermediate result of folding the items with ``accumulator``.
+
+        Without a seed the first item is emitted as is; with a seed, the seed is
+        emitted first (as in ``itertools.accumulate(initial=...)``, Reactor and RxJava).
+
+        ::
+
+            ^-1-2-3-|  scan(+)     ^-1-3-6-|
+            ^-1-2-3-|  scan(+, 0)  ^0-1-3-6-|
+
+        Demand: 1:1 (the seed takes one unit of the first request).
+
+        Example:
+            >>> Flow.range(1, 4).scan(lambda acc, x: acc + x).to_list()
+            [1, 3, 6]
+        """
+        return _transform.scan(self, accumulator, seed)
+
+    @overload
+    def reduce(self, accumulator: Callable[[T, T], T]) -> Flow[T]: ...
+    @overload
+    def reduce(self, accumulator: Callable[[A, T], A], seed: A) -> Flow[A]: ...
+    def reduce(self, accumulator: Callable[[A, T], A], seed: object = NO_VALUE) -> Flow[A]:
+        """Fold all items into one, emitted when upstream completes.
+
+        ::
+
+            ^-1-2-3-|  reduce(+)  ^-------6|
+
+        Demand: unbounded by design: upstream is asked for everything at once
+        (it all folds into one value, so nothing accumulates). The one result
+        waits for downstream demand. An empty upstream gives the seed, or just
+        completion when there is no seed.
+
+        Example:
+            >>> Flow.range(1, 4).reduce(lambda acc, x: acc + x).to_list()
+            [6]
+        """
+        return _aggregate.reduce(self, accumulator, seed)
+
+    def buffer(self, count: int) -> Flow[list[T]]:
+        """Collect items into lists of ``count`` (the last one may be shorter).
+
+        ::
+
+            ^-1-2-3-4-5-|  buffer(2)  ^---[1,2]---[3,4]-[5]|
+
+        Demand: one requested list asks upstream for ``count`` items.
+
+        Example:
+            >>> Flow.range(5).buffer(2).to_list()
+            [[0, 1], [2, 3], [4]]
+        """
+        return _transform.buffer(self, count)
+
+    # -- combining ---------------------------------------------------------------------
+
+    def flat_map(
+        self,
+        mapper: Callable[[T], Publisher[R]],
+        max_concurrency: int = 256,
+        prefetch: int = 32,
+    ) -> Flow[R]:
+        """Map each item to a publisher and merge their items as they arrive.
+
+        ::
+
+            ^-a-----b-----|   flat_map(x -> x1-x2|)   ^-a1-a2-b1-b2-|
+
+        Demand: at most ``max_concurrency`` inner publishers are subscribed at
+        once (upstream is asked for that many items, then one more per inner
+        that completes); each inner is asked for ``prefetch`` items and
+        replenished at 75%; items reach downstream only against its demand.
+
+        Cancellation: cancels upstream and every active inner.
+
+        Errors: the first error from upstream, an inner or ``mapper`` cancels
+        everything else and is signalled once.
+        """
+        return _combining.flat_map(self, mapper, max_concurrency, prefetch)
+
+    def concat_map(self, mapper: Callable[[T], Publisher[R]], prefetch: int = 2) -> Flow[R]:
+        """Map each item to a publisher and relay them one after another, in order.
+
+        ::
+
+            ^-a-b-|   concat_map(x -> x1-x2|)   ^-a1-a2-b1-b2-|
+
+        Demand: one inner at a time; the inner gets exactly the outstanding
+        downstream demand; upstream is asked for ``prefetch`` items ahead.
+        """
+        return _combining.concat_map(self, mapper, prefetch)
+
+    @staticmethod
+    def merge(*sources: Publisher[U], max_concurrency: int = 256, prefetch: int = 32) -> Flow[U]:
+        """Relay the items of all ``sources`` as they arrive, interleaved.
+
+        ::
+
+            ^-a---b-|
+            ^---1---2-|   merge   ^-a-1-b-2-|
+
+        Demand: each source is asked for ``prefetch`` items and replenished at
+        75%; items reach downstream only against its demand.
+        """
+        return _combining.merge(sources, max_concurrency, prefetch)
+
+    @staticmethod
+    def concat(*sources: Publisher[U]) -> Flow[U]:
+        """Relay ``sources`` one after another; the next is subscribed when one completes.
+
+        ::
+
+            ^-a-b-|  ^-1-2-|   concat   ^-a-b-1-2-|
+
+        Demand: the outstanding downstream demand carries over from one
+        source to the next.
+        """
+        return _combining.concat(sources)
+
+    @overload
+    @staticmethod
+    def zip(s1: Publisher[U], s2: Publisher[R], /, *, prefetch: int = 32) -> Flow[tuple[U, R]]: ...
+    @overload
+    @staticmethod
+    def zip(
+        s1: Publisher[U], s2: Publisher[R], s3: Publisher[A], /, *, prefetch: int = 32
+    ) -> Flow[tuple[U, R, A]]: ...
+    @overload
+    @staticmethod
+    def zip(*sources: Publisher[U], prefetch: int = 32) -> Flow[tuple[U, ...]]: ...
+    @staticmethod
+    def zip(*sources: Publisher[object], prefetch: int = 32) -> Flow[tuple[object, ...]]:  # type: ignore[misc]
+        """Pair the n-th items of every source into a tuple.
+
+        ::
+
+            ^-a---b---c-|
+            ^---1---2-|     zip   ^---(a,1)-(b,2)-|
+
+        Demand: each source is asked for ``prefetch`` items and replenished at
+        75%; a tuple is emitted only against downstream demand. Completes when
+        any source completes with nothing left queued.
+        """
+        return _combining.zip_(sources, prefetch)
+
+    # -- errors -----------------------------------------------------------------------
+
+    def on_error_resume(
+        self,
+        fallback: Callable[[Exception], Publisher[T]],
+        when: type[Exception] | tuple[type[Exception], ...] = Exception,
+    ) -> Flow[T]:
+        """On an error matching ``when``, continue with ``fallback(error)``.
+
+        ::
+
+            ^-a-b-X          on_error_resume(e -> 1-2|)   ^-a-b-1-2-|
+
+        Demand: the outstanding downstream demand carries over to the fallback.
+
+        Errors: a raising ``fallback`` is signalled, with the original error as
+        its ``__context__``; a non-matching error passes through.
+        """
+        return _errors.on_error_resume(self, fallback, when)
+
+    def on_error_return(
+        self,
+        value: T,
+        when: type[Exception] | tuple[type[Exception], ...] = Exception,
+    ) -> Flow[T]:
+        """On an error matching ``when``, emit ``value`` (once demand allows) and complete.
+
+        ::
+
+            ^-a-b-X   on_error_return(z)   ^-a-b-z|
+        """
+        return _errors.on_error_return(self, value, when)
+
+    # -- rate ---------------------------------------------------------------------------
+
+    def limit_rate(self, high: int, low: int | None = None) -> Flow[T]:
+        """Cap upstream demand: request ``high`` first, then ``low`` at a time.
+
+        ``low`` defaults to 75% of ``high`` (Reactor's arithmetic): once
+        ``low`` items have been delivered downstream, ``low`` more are requested.
+        Items are queued (at most ``high``) and delivered against downstream demand.
+
+        ::
+
+            request(unbounded) -> limit_rate(100) -> request(100), request(75), ...
+        """
+        return _rate.limit_rate(self, high, low)
+
+    # -- side effects ----------------------------------------------------------------
+
+    def do_on_next(self, action: Callable[[T], object]) -> Flow[T]:
+        """Call ``action(item)`` for each item before passing it on.
+
+        Errors: a raising ``action`` cancels upstream and becomes ``on_error``.
+        """
+        return _transform.do_on_next(self, action)
+
+    def do_on_request(self, action: Callable[[int], object]) -> Flow[T]:
+        """Call ``action(n)`` for each downstream ``request(n)``, then pass it upstream.
+
+        Errors: a raising ``action`` is reported to the undeliverable hook and
+        the request still goes through (``request`` must return normally, Rule 3.16).
+        """
+        return _transform.do_on_request(self, action)
+
+    def do_on_cancel(self, action: Callable[[], object]) -> Flow[T]:
+        """Call ``action()`` when downstream cancels, then cancel upstream.
+
+        Errors: a raising ``action`` is reported; upstream is still cancelled.
+        """
+        return _transform.do_on_cancel(self, action)
+
+    # -- sinks --------------------------------------------------------------------------
+
+    def subscribe_with(
+        self,
+        on_next: Callable[[T], object] | None = None,
+        on_error: Callable[[Exception], object] | None = None,
+        on_complete: Callable[[], object] | None = None,
+        *,
+        request: RequestPolicy | None = None,
+    ) -> Disposable:
+        """Subscribe with callbacks; return a handle whose ``dispose()`` cancels.
+
+        ``request`` is the demand policy (default ``RequestPolicy.unbounded()``;
+        see ``RequestPolicy.batch(n)`` and ``RequestPolicy.one_by_one()``).
+        Without ``on_error``, an error goes to the undeliverable hook.
+        """
+        return _lambda.subscribe_with(self, on_next, on_error, on_complete, request)
+
+    def to_list(self, timeout: float | None = None) -> list[T]:
+        """Block until completion and return all items (re-raises an ``on_error``).
+
+        Raises ``TimeoutError`` after ``timeout`` seconds (the subscription is
+        cancelled). Do not call it on the thread an asynchronous source needs.
+        """
+        return _blocking.to_list(self, timeout)
+
+    def first(self, timeout: float | None = None) -> T:
+        """Request one item, cancel, and return it (``LookupError`` if empty)."""
+        return _blocking.first(self, timeout)
+
+    def last(self, timeout: float | None = None) -> T:
+        """Block until completion and return the last item (``LookupError`` if empty)."""
+        return _blocking.last(self, timeout)
+
+
+# Implementations import Flow, so they are bound after the class exists.
+from .operators import _aggregate, _combining, _errors, _filtering, _lift, _rate, _transform  # noqa: E402
+from .sources import _generate, _iterable, _publisher, _simple  # noqa: E402
+from .subscribers import _blocking, _lambda  # noqa: E402

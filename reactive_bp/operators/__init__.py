@@ -1,0 +1,1 @@
+"""Operators, one module per family. ``Flow`` methods delegate here."""

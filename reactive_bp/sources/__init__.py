@@ -1,0 +1,1 @@
+"""Sources: where a ``Flow`` starts. Each one produces only while there is demand."""

@@ -1,0 +1,1 @@
+"""Subscribers and sinks: where a ``Flow`` ends."""
