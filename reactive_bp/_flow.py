@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Flow"]
 
-T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 U = TypeVar("U")
 R = TypeVar("R")
 A = TypeVar("A")
@@ -36,8 +36,8 @@ class _NoValue:
 NO_VALUE = _NoValue()
 
 
-class Flow(Generic[T]):
-    """A cold publisher of ``T`` with operators that honour demand.
+class Flow(Generic[T_co]):
+    """A cold publisher of ``T_co`` with operators that honour demand.
 
     ``Flow`` implements :class:`reactive_bp.abc.Publisher`. Subclasses implement
     ``_subscribe``; users build flows with the static sources and operators.
@@ -47,13 +47,13 @@ class Flow(Generic[T]):
 
     # -- Publisher -------------------------------------------------------------
 
-    def subscribe(self, subscriber: Subscriber[T]) -> None:
+    def subscribe(self, subscriber: Subscriber[T_co]) -> None:
         """Attach ``subscriber``; ``subscribe(None)`` raises ``TypeError`` (Rule 1.9)."""
         if subscriber is None:
             raise TypeError("Rule 1.9: subscribe(None) is not allowed")
         self._subscribe(subscriber)
 
-    def _subscribe(self, subscriber: Subscriber[T]) -> None:
+    def _subscribe(self, subscriber: Subscriber[T_co]) -> None:
         raise NotImplementedError
 
     # -- sources ---------------------------------------------------------------
@@ -199,7 +199,7 @@ class Flow(Generic[T]):
 
     # -- composition -------------------------------------------------------------
 
-    def lift(self, operator: Callable[[Subscriber[R]], Subscriber[T]]) -> Flow[R]:
+    def lift(self, operator: Callable[[Subscriber[R]], Subscriber[T_co]]) -> Flow[R]:
         """Apply a subscriber-level operator (usually an ``OperatorSubscriber`` subclass).
 
         ``operator`` receives the downstream subscriber and returns the
@@ -215,17 +215,17 @@ class Flow(Generic[T]):
         return _lift.LiftFlow(self, operator)
 
     @overload
-    def pipe(self) -> Flow[T]: ...
+    def pipe(self) -> Flow[T_co]: ...
     @overload
-    def pipe(self, op1: Callable[[Flow[T]], Flow[A]], /) -> Flow[A]: ...
+    def pipe(self, op1: Callable[[Flow[T_co]], Flow[A]], /) -> Flow[A]: ...
     @overload
     def pipe(
-        self, op1: Callable[[Flow[T]], Flow[A]], op2: Callable[[Flow[A]], Flow[R]], /
+        self, op1: Callable[[Flow[T_co]], Flow[A]], op2: Callable[[Flow[A]], Flow[R]], /
     ) -> Flow[R]: ...
     @overload
     def pipe(
         self,
-        op1: Callable[[Flow[T]], Flow[A]],
+        op1: Callable[[Flow[T_co]], Flow[A]],
         op2: Callable[[Flow[A]], Flow[S]],
         op3: Callable[[Flow[S]], Flow[R]],
         /,
@@ -233,7 +233,7 @@ class Flow(Generic[T]):
     @overload
     def pipe(
         self,
-        op1: Callable[[Flow[T]], Flow[A]],
+        op1: Callable[[Flow[T_co]], Flow[A]],
         op2: Callable[[Flow[A]], Flow[S]],
         op3: Callable[[Flow[S]], Flow[U]],
         op4: Callable[[Flow[U]], Flow[R]],
@@ -255,7 +255,7 @@ class Flow(Generic[T]):
 
     # -- transforming ------------------------------------------------------------
 
-    def map(self, mapper: Callable[[T], R]) -> Flow[R]:
+    def map(self, mapper: Callable[[T_co], R]) -> Flow[R]:
         """Transform each item with ``mapper``.
 
         ::
@@ -273,7 +273,7 @@ class Flow(Generic[T]):
         """
         return _transform.map_(self, mapper)
 
-    def filter(self, predicate: Callable[[T], object]) -> Flow[T]:
+    def filter(self, predicate: Callable[[T_co], object]) -> Flow[T_co]:
         """Keep the items for which ``predicate`` is truthy.
 
         ::
@@ -291,7 +291,7 @@ class Flow(Generic[T]):
         """
         return _filtering.filter_(self, predicate)
 
-    def take(self, count: int) -> Flow[T]:
+    def take(self, count: int) -> Flow[T_co]:
         """Emit the first ``count`` items, then cancel upstream and complete.
 
         ::
@@ -310,7 +310,7 @@ class Flow(Generic[T]):
         """
         return _filtering.take(self, count)
 
-    def skip(self, count: int) -> Flow[T]:
+    def skip(self, count: int) -> Flow[T_co]:
         """Drop the first ``count`` items.
 
         ::
@@ -325,7 +325,7 @@ class Flow(Generic[T]):
         """
         return _filtering.skip(self, count)
 
-    def take_while(self, predicate: Callable[[T], object]) -> Flow[T]:
+    def take_while(self, predicate: Callable[[T_co], object]) -> Flow[T_co]:
         """Emit items while ``predicate`` holds; at the first that fails, cancel and complete.
 
         ::
@@ -338,7 +338,7 @@ class Flow(Generic[T]):
         """
         return _filtering.take_while(self, predicate)
 
-    def skip_while(self, predicate: Callable[[T], object]) -> Flow[T]:
+    def skip_while(self, predicate: Callable[[T_co], object]) -> Flow[T_co]:
         """Drop items while ``predicate`` holds, then emit everything.
 
         ::
@@ -351,7 +351,7 @@ class Flow(Generic[T]):
         """
         return _filtering.skip_while(self, predicate)
 
-    def distinct_until_changed(self, key: Callable[[T], object] | None = None) -> Flow[T]:
+    def distinct_until_changed(self, key: Callable[[T_co], object] | None = None) -> Flow[T_co]:
         """Drop items equal (by ``key``, default the item) to the one just emitted.
 
         ::
@@ -365,10 +365,10 @@ class Flow(Generic[T]):
         return _filtering.distinct_until_changed(self, key)
 
     @overload
-    def scan(self, accumulator: Callable[[T, T], T]) -> Flow[T]: ...
+    def scan(self, accumulator: Callable[[T_co, T_co], T_co]) -> Flow[T_co]: ...
     @overload
-    def scan(self, accumulator: Callable[[A, T], A], seed: A) -> Flow[A]: ...
-    def scan(self, accumulator: Callable[[A, T], A], seed: object = NO_VALUE) -> Flow[A]:
+    def scan(self, accumulator: Callable[[A, T_co], A], seed: A) -> Flow[A]: ...
+    def scan(self, accumulator: Callable[[A, T_co], A], seed: object = NO_VALUE) -> Flow[A]:
         """Emit every intermediate result of folding the items with ``accumulator``.
 
         Without a seed the first item is emitted as is; with a seed, the seed is
@@ -388,10 +388,10 @@ class Flow(Generic[T]):
         return _transform.scan(self, accumulator, seed)
 
     @overload
-    def reduce(self, accumulator: Callable[[T, T], T]) -> Flow[T]: ...
+    def reduce(self, accumulator: Callable[[T_co, T_co], T_co]) -> Flow[T_co]: ...
     @overload
-    def reduce(self, accumulator: Callable[[A, T], A], seed: A) -> Flow[A]: ...
-    def reduce(self, accumulator: Callable[[A, T], A], seed: object = NO_VALUE) -> Flow[A]:
+    def reduce(self, accumulator: Callable[[A, T_co], A], seed: A) -> Flow[A]: ...
+    def reduce(self, accumulator: Callable[[A, T_co], A], seed: object = NO_VALUE) -> Flow[A]:
         """Fold all items into one, emitted when upstream completes.
 
         ::
@@ -409,7 +409,7 @@ class Flow(Generic[T]):
         """
         return _aggregate.reduce(self, accumulator, seed)
 
-    def buffer(self, count: int) -> Flow[list[T]]:
+    def buffer(self, count: int) -> Flow[list[T_co]]:
         """Collect items into lists of ``count`` (the last one may be shorter).
 
         ::
@@ -428,7 +428,7 @@ class Flow(Generic[T]):
 
     def flat_map(
         self,
-        mapper: Callable[[T], Publisher[R]],
+        mapper: Callable[[T_co], Publisher[R]],
         max_concurrency: int = 256,
         prefetch: int = 32,
     ) -> Flow[R]:
@@ -448,9 +448,11 @@ class Flow(Generic[T]):
         Errors: the first error from upstream, an inner or ``mapper`` cancels
         everything else and is signalled once.
         """
+        from .operators import _combining
+
         return _combining.flat_map(self, mapper, max_concurrency, prefetch)
 
-    def concat_map(self, mapper: Callable[[T], Publisher[R]], prefetch: int = 2) -> Flow[R]:
+    def concat_map(self, mapper: Callable[[T_co], Publisher[R]], prefetch: int = 2) -> Flow[R]:
         """Map each item to a publisher and relay them one after another, in order.
 
         ::
@@ -460,6 +462,8 @@ class Flow(Generic[T]):
         Demand: one inner at a time; the inner gets exactly the outstanding
         downstream demand; upstream is asked for ``prefetch`` items ahead.
         """
+        from .operators import _combining
+
         return _combining.concat_map(self, mapper, prefetch)
 
     @staticmethod
@@ -474,6 +478,8 @@ class Flow(Generic[T]):
         Demand: each source is asked for ``prefetch`` items and replenished at
         75%; items reach downstream only against its demand.
         """
+        from .operators import _combining
+
         return _combining.merge(sources, max_concurrency, prefetch)
 
     @staticmethod
@@ -487,6 +493,8 @@ class Flow(Generic[T]):
         Demand: the outstanding downstream demand carries over from one
         source to the next.
         """
+        from .operators import _combining
+
         return _combining.concat(sources)
 
     @overload
@@ -501,7 +509,7 @@ class Flow(Generic[T]):
     @staticmethod
     def zip(*sources: Publisher[U], prefetch: int = 32) -> Flow[tuple[U, ...]]: ...
     @staticmethod
-    def zip(*sources: Publisher[object], prefetch: int = 32) -> Flow[tuple[object, ...]]:  # type: ignore[misc]
+    def zip(*sources: Publisher[object], prefetch: int = 32) -> Flow[tuple[object, ...]]:
         """Pair the n-th items of every source into a tuple.
 
         ::
@@ -513,15 +521,17 @@ class Flow(Generic[T]):
         75%; a tuple is emitted only against downstream demand. Completes when
         any source completes with nothing left queued.
         """
+        from .operators import _combining
+
         return _combining.zip_(sources, prefetch)
 
     # -- errors -----------------------------------------------------------------------
 
     def on_error_resume(
         self,
-        fallback: Callable[[Exception], Publisher[T]],
+        fallback: Callable[[Exception], Publisher[U]],
         when: type[Exception] | tuple[type[Exception], ...] = Exception,
-    ) -> Flow[T]:
+    ) -> Flow[T_co | U]:
         """On an error matching ``when``, continue with ``fallback(error)``.
 
         ::
@@ -533,24 +543,28 @@ class Flow(Generic[T]):
         Errors: a raising ``fallback`` is signalled, with the original error as
         its ``__context__``; a non-matching error passes through.
         """
+        from .operators import _errors
+
         return _errors.on_error_resume(self, fallback, when)
 
     def on_error_return(
         self,
-        value: T,
+        value: U,
         when: type[Exception] | tuple[type[Exception], ...] = Exception,
-    ) -> Flow[T]:
+    ) -> Flow[T_co | U]:
         """On an error matching ``when``, emit ``value`` (once demand allows) and complete.
 
         ::
 
             ^-a-b-X   on_error_return(z)   ^-a-b-z|
         """
+        from .operators import _errors
+
         return _errors.on_error_return(self, value, when)
 
     # -- rate ---------------------------------------------------------------------------
 
-    def limit_rate(self, high: int, low: int | None = None) -> Flow[T]:
+    def limit_rate(self, high: int, low: int | None = None) -> Flow[T_co]:
         """Cap upstream demand: request ``high`` first, then ``low`` at a time.
 
         ``low`` defaults to 75% of ``high`` (Reactor's arithmetic): once
@@ -561,18 +575,20 @@ class Flow(Generic[T]):
 
             request(unbounded) -> limit_rate(100) -> request(100), request(75), ...
         """
+        from .operators import _rate
+
         return _rate.limit_rate(self, high, low)
 
     # -- side effects ----------------------------------------------------------------
 
-    def do_on_next(self, action: Callable[[T], object]) -> Flow[T]:
+    def do_on_next(self, action: Callable[[T_co], object]) -> Flow[T_co]:
         """Call ``action(item)`` for each item before passing it on.
 
         Errors: a raising ``action`` cancels upstream and becomes ``on_error``.
         """
         return _transform.do_on_next(self, action)
 
-    def do_on_request(self, action: Callable[[int], object]) -> Flow[T]:
+    def do_on_request(self, action: Callable[[int], object]) -> Flow[T_co]:
         """Call ``action(n)`` for each downstream ``request(n)``, then pass it upstream.
 
         Errors: a raising ``action`` is reported to the undeliverable hook and
@@ -580,7 +596,7 @@ class Flow(Generic[T]):
         """
         return _transform.do_on_request(self, action)
 
-    def do_on_cancel(self, action: Callable[[], object]) -> Flow[T]:
+    def do_on_cancel(self, action: Callable[[], object]) -> Flow[T_co]:
         """Call ``action()`` when downstream cancels, then cancel upstream.
 
         Errors: a raising ``action`` is reported; upstream is still cancelled.
@@ -591,7 +607,7 @@ class Flow(Generic[T]):
 
     def subscribe_with(
         self,
-        on_next: Callable[[T], object] | None = None,
+        on_next: Callable[[T_co], object] | None = None,
         on_error: Callable[[Exception], object] | None = None,
         on_complete: Callable[[], object] | None = None,
         *,
@@ -605,7 +621,7 @@ class Flow(Generic[T]):
         """
         return _lambda.subscribe_with(self, on_next, on_error, on_complete, request)
 
-    def to_list(self, timeout: float | None = None) -> list[T]:
+    def to_list(self, timeout: float | None = None) -> list[T_co]:
         """Block until completion and return all items (re-raises an ``on_error``).
 
         Raises ``TimeoutError`` after ``timeout`` seconds (the subscription is
@@ -613,16 +629,16 @@ class Flow(Generic[T]):
         """
         return _blocking.to_list(self, timeout)
 
-    def first(self, timeout: float | None = None) -> T:
+    def first(self, timeout: float | None = None) -> T_co:
         """Request one item, cancel, and return it (``LookupError`` if empty)."""
         return _blocking.first(self, timeout)
 
-    def last(self, timeout: float | None = None) -> T:
+    def last(self, timeout: float | None = None) -> T_co:
         """Block until completion and return the last item (``LookupError`` if empty)."""
         return _blocking.last(self, timeout)
 
 
 # Implementations import Flow, so they are bound after the class exists.
-from .operators import _aggregate, _combining, _errors, _filtering, _lift, _rate, _transform  # noqa: E402
+from .operators import _aggregate, _filtering, _lift, _transform  # noqa: E402
 from .sources import _generate, _iterable, _publisher, _simple  # noqa: E402
 from .subscribers import _blocking, _lambda  # noqa: E402

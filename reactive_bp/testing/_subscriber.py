@@ -30,10 +30,12 @@ class TestSubscriber(Generic[T]):
     __test__ = False  # not a pytest test class
 
     __slots__ = (
+        "__weakref__",
         "_busy",
         "_cancel_after",
         "_done",
         "_initial",
+        "_request_lock",
         "_request_on_next",
         "cancelled",
         "completed",
@@ -64,6 +66,7 @@ class TestSubscriber(Generic[T]):
         self.violations: list[str] = []
         self._done = threading.Event()
         self._busy = threading.Lock()
+        self._request_lock = threading.Lock()
         self._initial = initial_request
 
     # -- Subscriber ----------------------------------------------------------------
@@ -117,7 +120,8 @@ class TestSubscriber(Generic[T]):
     def request(self, n: int) -> None:
         """Request ``n`` more items (counted only when ``n`` is a positive int)."""
         if type(n) is int and n > 0:
-            self.requested = add_cap(self.requested, n)
+            with self._request_lock:
+                self.requested = add_cap(self.requested, n)
         self.subscription.request(n)
 
     def cancel(self) -> None:

@@ -1,0 +1,39 @@
+"""Shared fixtures.
+
+``undeliverable`` captures what reaches reactive_bp's undeliverable hook.
+Modules marked ``pytestmark = pytest.mark.no_undeliverable`` fail any test
+that reports something there without inspecting it (nothing is swallowed
+silently, and nothing is reported that should have been delivered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from reactive_bp.testing import capture_undeliverable
+
+
+class _Guard:
+    __slots__ = ("inspected", "reported")
+
+    def __init__(self, reported: list[tuple[BaseException, str]]) -> None:
+        self.reported = reported
+        self.inspected = False
+
+
+@pytest.fixture(autouse=True)
+def _undeliverable_guard(request: pytest.FixtureRequest) -> Iterator[_Guard]:
+    with capture_undeliverable() as reported:
+        guard = _Guard(reported)
+        yield guard
+    if request.node.get_closest_marker("no_undeliverable") and not guard.inspected and reported:
+        pytest.fail(f"unexpected undeliverable reports: {reported!r}")
+
+
+@pytest.fixture
+def undeliverable(_undeliverable_guard: _Guard) -> list[tuple[BaseException, str]]:
+    """The list of ``(error, origin)`` reported in this test."""
+    _undeliverable_guard.inspected = True
+    return _undeliverable_guard.reported

@@ -1,0 +1,160 @@
+"""Every operator through the shared scenario matrix, plus random demand schedules."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reactive_bp import Flow
+from reactive_bp.testing import TestPublisher, TestSubscriber
+from tests.scenarios import SCENARIOS, OperatorCase, boom
+
+pytestmark = pytest.mark.no_undeliverable
+
+
+def _chunks(items: list[int], size: int) -> list[object]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _scan(items: list[int]) -> list[object]:
+    return list(itertools.accumulate(items))
+
+
+def _below_12(x: int) -> bool:
+    return x < 12
+
+
+def _dedupe(items: list[int]) -> list[object]:
+    return [key for key, _ in itertools.groupby(items)]
+
+
+CASES: list[OperatorCase] = [
+    OperatorCase(
+        "map",
+        lambda f: f.map(lambda x: x * 3),
+        lambda xs: [x * 3 for x in xs],
+        lambda f: f.map(boom),
+    ),
+    OperatorCase(
+        "filter",
+        lambda f: f.filter(lambda x: x % 3 == 0),
+        lambda xs: [x for x in xs if x % 3 == 0],
+        lambda f: f.filter(boom),
+    ),
+    OperatorCase("take", lambda f: f.take(7), lambda xs: list(xs[:7])),
+    OperatorCase("take_more_than_available", lambda f: f.take(100), lambda xs: list(xs)),
+    OperatorCase("skip", lambda f: f.skip(5), lambda xs: list(xs[5:])),
+    OperatorCase(
+        "take_while",
+        lambda f: f.take_while(lambda x: x < 12),
+        lambda xs: list(itertools.takewhile(_below_12, xs)),
+        lambda f: f.take_while(boom),
+    ),
+    OperatorCase(
+        "skip_while",
+        lambda f: f.skip_while(lambda x: x < 12),
+        lambda xs: list(itertools.dropwhile(_below_12, xs)),
+        lambda f: f.skip_while(boom),
+    ),
+    OperatorCase("scan", lambda f: f.scan(lambda a, x: a + x), _scan, lambda f: f.scan(boom)),
+    OperatorCase(
+        "scan_seed",
+        lambda f: f.scan(lambda a, x: a + x, 100),
+        lambda xs: list(itertools.accumulate(xs, initial=100)),
+        lambda f: f.scan(boom, 100),
+    ),
+    OperatorCase(
+        "reduce",
+        lambda f: f.reduce(lambda a, x: a + x),
+        lambda xs: [sum(xs)],
+        lambda f: f.reduce(boom),
+    ),
+    OperatorCase(
+        "reduce_seed", lambda f: f.reduce(lambda a, x: [*a, x], [-1]), lambda xs: [[-1, *xs]]
+    ),
+    OperatorCase(
+        "distinct_until_changed",
+        lambda f: f.distinct_until_changed(),
+        _dedupe,
+        lambda f: f.distinct_until_changed(boom),
+        data=[1, 1, 2, 2, 2, 3, 1, 1, 5, 5, 6, 6, 6, 6, 7],
+    ),
+    OperatorCase("buffer", lambda f: f.buffer(3), lambda xs: _chunks(xs, 3)),
+    OperatorCase(
+        "do_on_next",
+        lambda f: f.do_on_next(lambda x: None),
+        lambda xs: list(xs),
+        lambda f: f.do_on_next(boom),
+    ),
+    OperatorCase("do_on_request", lambda f: f.do_on_request(lambda n: None), lambda xs: list(xs)),
+    OperatorCase("do_on_cancel", lambda f: f.do_on_cancel(lambda: None), lambda xs: list(xs)),
+    OperatorCase(
+        "lift_and_pipe",
+        lambda f: f.pipe(lambda g: g.map(lambda x: x + 1)),
+        lambda xs: [x + 1 for x in xs],
+    ),
+    OperatorCase(
+        "map_filter_chain",
+        lambda f: f.map(lambda x: x + 1).filter(lambda x: x % 2 == 0).map(str),
+        lambda xs: [str(x + 1) for x in xs if (x + 1) % 2 == 0],
+    ),
+]
+
+
+def _params() -> list[object]:
+    params: list[object] = []
+    for case in CASES:
+        for name, scenario in SCENARIOS.items():
+            marks = []
+            if name == "raising_callback" and case.raising is None:
+                marks.append(pytest.mark.skip(reason="no user callback"))
+            params.append(pytest.param(case, scenario, id=f"{case.name}-{name}", marks=marks))
+    return params
+
+
+@pytest.mark.parametrize(("case", "scenario"), _params())
+def test_scenario(
+    case: OperatorCase, scenario: Callable[[OperatorCase], TestSubscriber[object]]
+) -> None:
+    subscriber = scenario(case)
+    subscriber.assert_clean()
+
+
+schedules = st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=30)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@settings(max_examples=40, deadline=None)
+@given(schedule=schedules, manual=st.booleans(), cancel_at=st.none() | st.integers(0, 30))
+def test_random_demand_schedules(
+    case: OperatorCase, schedule: list[int], manual: bool, cancel_at: int | None
+) -> None:
+    """Delivered <= requested at every step; output is a prefix of the model's."""
+    expected = case.model(list(case.data))
+    subscriber: TestSubscriber[object] = TestSubscriber()
+    upstream: TestPublisher[int] = TestPublisher()
+    source: Flow[int] = upstream if manual else Flow.from_iterable(case.data)
+    case.apply(source).subscribe(subscriber)
+    position = 0
+    for step, n in enumerate(schedule):
+        if step == cancel_at:
+            subscriber.cancel()
+        subscriber.request(n)
+        if manual:
+            while upstream.outstanding and position < len(case.data) and not upstream.cancelled:
+                upstream.send_next(case.data[position])
+                position += 1
+            if position == len(case.data) and not upstream.cancelled:
+                upstream.send_complete()
+                position += 1
+        assert len(subscriber.items) <= subscriber.requested
+        assert subscriber.items == expected[: len(subscriber.items)]
+        subscriber.assert_clean()
+    if subscriber.completed:
+        assert subscriber.items == expected
+    if manual:
+        assert not upstream.bad_requests
