@@ -67,7 +67,8 @@ class TestPublisher(Flow[T], Generic[T]):
             with self._lock:
                 if self.strict and self.outstanding <= 0:
                     raise ProtocolViolationError(
-                        f"TestPublisher.send_next({item!r}) without demand (requests={self.requests})"
+                        f"TestPublisher.send_next({item!r}) without demand "
+                        f"(requests={self.requests})"
                     )
                 self.outstanding = produced(self.outstanding, 1) if self.outstanding else 0
             subscriber.on_next(item)
