@@ -16,7 +16,7 @@ from typing import NoReturn
 from reactive_bp import UNBOUNDED, Flow, NonPositiveRequestError
 from reactive_bp.testing import TestPublisher, TestSubscriber
 
-Model = Callable[[list[int]], list[object]]
+Model = Callable[[list[int]], Sequence[object]]
 Apply = Callable[[Flow[int]], Flow[object]]
 
 
@@ -47,7 +47,7 @@ class OperatorCase:
 
 
 def _expected(case: OperatorCase) -> list[object]:
-    return case.model(list(case.data))
+    return list(case.model(list(case.data)))
 
 
 def run_one_at_a_time(case: OperatorCase) -> TestSubscriber[object]:

@@ -134,7 +134,7 @@ def test_random_demand_schedules(
     case: OperatorCase, schedule: list[int], manual: bool, cancel_at: int | None
 ) -> None:
     """Delivered <= requested at every step; output is a prefix of the model's."""
-    expected = case.model(list(case.data))
+    expected = list(case.model(list(case.data)))
     subscriber: TestSubscriber[object] = TestSubscriber()
     upstream: TestPublisher[int] = TestPublisher()
     source: Flow[int] = upstream if manual else Flow.from_iterable(case.data)
