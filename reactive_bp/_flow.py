@@ -106,6 +106,8 @@ class Flow(Generic[T_co]):
 
             just(a, b):  ^-a-b-|
 
+        Demand: one item per requested item; completes once all were sent.
+
         Errors: ``just(None)`` raises ``TypeError`` at once: ``None`` is not an item.
 
         Example:
@@ -123,6 +125,8 @@ class Flow(Generic[T_co]):
         ::
 
             empty():  ^|
+
+        Demand: none needed; completion is sent at once (Rule 1.2).
         """
         return _simple.EmptyFlow()
 
@@ -133,6 +137,8 @@ class Flow(Generic[T_co]):
         ::
 
             error(e):  ^X
+
+        Demand: none needed; the error is sent at once (Rule 1.4).
         """
         return _simple.ErrorFlow(error)
 
@@ -143,12 +149,20 @@ class Flow(Generic[T_co]):
         ::
 
             never():  ^--------
+
+        Demand: validated and ignored.
         """
         return _simple.NeverFlow()
 
     @staticmethod
     def defer(factory: Callable[[], Publisher[U]]) -> Flow[U]:
         """Call ``factory`` for each subscriber and relay the publisher it returns.
+
+        ::
+
+            defer(f):  ^ f() -> ^-a-b-|   gives   ^-a-b-|
+
+        Demand: passed straight to the publisher ``factory`` returned.
 
         Errors: a raising factory, or one returning ``None``, becomes ``on_error``.
         """
@@ -192,6 +206,13 @@ class Flow(Generic[T_co]):
         signals after a terminal, ``None`` items, overlapping signals, a bad
         ``request`` it would raise from) becomes a clean ``on_error`` downstream
         and a report to the undeliverable hook.
+
+        ::
+
+            publisher:  ^-a-b-|   from_publisher   ^-a-b-|
+
+        Demand: validated here (Rule 3.9), then passed to the publisher 1:1;
+        delivery beyond it is an error (Rule 1.1).
         """
         if isinstance(publisher, Flow):
             return publisher
@@ -557,6 +578,8 @@ class Flow(Generic[T_co]):
         ::
 
             ^-a-b-X   on_error_return(z)   ^-a-b-z|
+
+        Demand: 1:1 until the error; then ``value`` waits for demand.
         """
         from .operators import _errors
 
@@ -567,9 +590,11 @@ class Flow(Generic[T_co]):
     def limit_rate(self, high: int, low: int | None = None) -> Flow[T_co]:
         """Cap upstream demand: request ``high`` first, then ``low`` at a time.
 
-        ``low`` defaults to 75% of ``high`` (Reactor's arithmetic): once
-        ``low`` items have been delivered downstream, ``low`` more are requested.
-        Items are queued (at most ``high``) and delivered against downstream demand.
+        Demand: ``low`` defaults to 75% of ``high`` (Reactor's arithmetic):
+        once ``low`` items have been delivered downstream, ``low`` more are
+        requested upstream, so upstream never has more than ``high``
+        outstanding. Items are queued (at most ``high``) and delivered against
+        downstream demand.
 
         ::
 
@@ -584,12 +609,24 @@ class Flow(Generic[T_co]):
     def do_on_next(self, action: Callable[[T_co], object]) -> Flow[T_co]:
         """Call ``action(item)`` for each item before passing it on.
 
+        ::
+
+            ^-a-b-|  do_on_next(f)  ^-a-b-|   (f(a) and f(b) ran first)
+
+        Demand: 1:1, passed straight upstream.
+
         Errors: a raising ``action`` cancels upstream and becomes ``on_error``.
         """
         return _transform.do_on_next(self, action)
 
     def do_on_request(self, action: Callable[[int], object]) -> Flow[T_co]:
         """Call ``action(n)`` for each downstream ``request(n)``, then pass it upstream.
+
+        ::
+
+            request(3) -> do_on_request(f) -> f(3); request(3)
+
+        Demand: 1:1, passed straight upstream after ``action`` saw it.
 
         Errors: a raising ``action`` is reported to the undeliverable hook and
         the request still goes through (``request`` must return normally, Rule 3.16).
@@ -598,6 +635,12 @@ class Flow(Generic[T_co]):
 
     def do_on_cancel(self, action: Callable[[], object]) -> Flow[T_co]:
         """Call ``action()`` when downstream cancels, then cancel upstream.
+
+        ::
+
+            ^-a-b-!  do_on_cancel(f)  ^-a-b-!   (f() ran, then upstream was cancelled)
+
+        Demand: 1:1, passed straight upstream.
 
         Errors: a raising ``action`` is reported; upstream is still cancelled.
         """
