@@ -177,7 +177,11 @@ class OperatorSubscriber(Generic[T, R]):
     # -- hooks -------------------------------------------------------------------
 
     def hook_on_subscribe(self) -> None:
-        """Called after downstream received its subscription."""
+        """Called after downstream received its subscription.
+
+        Downstream may already have requested, and items may already have
+        flowed, by then: initialize operator state in ``__init__``.
+        """
 
     def hook_on_next(self, item: T) -> None:
         """Handle one upstream item; emit zero or more items downstream."""
