@@ -82,10 +82,20 @@ class _TakeSubscriber(OperatorSubscriber[T, T]):
 
     @override
     def hook_on_next(self, item: T) -> None:
+        # Non-conditional path: downstream handles its own drops through
+        # hook_on_request, which keeps the cap.
         self._remaining -= 1
         self._actual.on_next(item)
         if self._remaining == 0:
             self.complete()
+
+    @override
+    def hook_try_on_next(self, item: T) -> bool:
+        self._remaining -= 1
+        accepted = self.emit_conditional(item)
+        if self._remaining == 0:
+            self.complete()
+        return accepted
 
     @override
     def hook_on_request(self, n: int) -> None:
@@ -144,6 +154,13 @@ class _TakeWhileSubscriber(OperatorSubscriber[T, T]):
             self._actual.on_next(item)
         else:
             self.complete()
+
+    @override
+    def hook_try_on_next(self, item: T) -> bool:
+        if self._predicate(item):
+            return self.emit_conditional(item)
+        self.complete()
+        return True
 
 
 def take_while(source: Flow[T], predicate: Callable[[T], object]) -> Flow[T]:

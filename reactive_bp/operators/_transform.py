@@ -169,6 +169,11 @@ class _DoOnNextSubscriber(OperatorSubscriber[T, T]):
         self._action(item)
         self._actual.on_next(item)
 
+    @override
+    def hook_try_on_next(self, item: T) -> bool:
+        self._action(item)
+        return self.emit_conditional(item)
+
 
 def do_on_next(source: Flow[T], action: Callable[[T], object]) -> Flow[T]:
     """See :meth:`Flow.do_on_next`."""
@@ -185,6 +190,10 @@ class _DoOnRequestSubscriber(OperatorSubscriber[T, T]):
     @override
     def hook_on_next(self, item: T) -> None:
         self._actual.on_next(item)
+
+    @override
+    def hook_try_on_next(self, item: T) -> bool:
+        return self.emit_conditional(item)
 
     @override
     def hook_on_request(self, n: int) -> None:
@@ -210,6 +219,10 @@ class _DoOnCancelSubscriber(OperatorSubscriber[T, T]):
     @override
     def hook_on_next(self, item: T) -> None:
         self._actual.on_next(item)
+
+    @override
+    def hook_try_on_next(self, item: T) -> bool:
+        return self.emit_conditional(item)
 
     @override
     def hook_on_cancel(self) -> None:

@@ -32,6 +32,10 @@ def _dedupe(items: list[int]) -> list[object]:
     return [key for key, _ in itertools.groupby(items)]
 
 
+def _even(x: int) -> bool:
+    return x % 2 == 0
+
+
 CASES: list[OperatorCase] = [
     OperatorCase(
         "map",
@@ -96,6 +100,28 @@ CASES: list[OperatorCase] = [
         "lift_and_pipe",
         lambda f: f.pipe(lambda g: g.map(lambda x: x + 1)),
         lambda xs: [x + 1 for x in xs],
+    ),
+    # Chains that mix the conditional fast path with the plain on_next path.
+    OperatorCase(
+        "take_filter",
+        lambda f: f.take(15).filter(_even),
+        lambda xs: [x for x in xs[:15] if _even(x)],
+    ),
+    OperatorCase(
+        "skip_filter", lambda f: f.skip(3).filter(_even), lambda xs: [x for x in xs[3:] if _even(x)]
+    ),
+    OperatorCase(
+        "filter_take", lambda f: f.filter(_even).take(4), lambda xs: [x for x in xs if _even(x)][:4]
+    ),
+    OperatorCase(
+        "do_on_next_filter",
+        lambda f: f.do_on_next(lambda x: None).filter(_even),
+        lambda xs: [x for x in xs if _even(x)],
+    ),
+    OperatorCase(
+        "take_while_distinct",
+        lambda f: f.map(lambda x: x // 3).take_while(lambda x: x < 5).distinct_until_changed(),
+        lambda xs: sorted({x // 3 for x in xs if x // 3 < 5}),
     ),
     OperatorCase(
         "map_filter_chain",
