@@ -8,7 +8,7 @@ docstrings here are the user documentation (marble diagram, ``Demand:``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 if TYPE_CHECKING:
@@ -34,6 +34,10 @@ class _NoValue:
 
 
 NO_VALUE = _NoValue()
+
+
+def _newest(previous: U, item: U) -> U:
+    return item
 
 
 class Flow(Generic[T_co]):
@@ -269,7 +273,7 @@ class Flow(Generic[T_co]):
             >>> Flow.range(3).pipe(doubled, doubled).to_list()
             [0, 4, 8]
         """
-        flow: Flow[object] = self  # type: ignore[assignment]
+        flow: Flow[object] = self
         for operator in operators:
             flow = operator(flow)
         return flow
@@ -664,6 +668,65 @@ class Flow(Generic[T_co]):
         """
         return _lambda.subscribe_with(self, on_next, on_error, on_complete, request)
 
+    def __aiter__(self) -> AsyncGenerator[T_co, None]:
+        """``async for item in flow``: same as ``flow.aiter()``."""
+        return _pull.aiter_flow(self, 256)
+
+    def aiter(self, prefetch: int = 256) -> AsyncGenerator[T_co, None]:
+        """Iterate asynchronously, keeping at most ``prefetch`` items requested ahead.
+
+        ::
+
+            async for item in flow.aiter(prefetch=64):
+                ...
+
+        Demand: ``prefetch`` first, then 75% of it each time that many items
+        were consumed; the loop body is the consumer's pace.
+
+        Cancellation: leaving the loop early (``break``, an exception, task
+        cancellation) cancels upstream. After ``break`` that happens when the
+        generator is closed: use ``contextlib.aclosing(flow.aiter())`` to make
+        it immediate.
+
+        Errors: an ``on_error`` is raised from the ``async for``.
+        """
+        return _pull.aiter_flow(self, prefetch)
+
+    def blocking_iter(
+        self, prefetch: int = 256, timeout: float | None = None
+    ) -> Generator[T_co, None, None]:
+        """Iterate in a thread, blocking for each item; at most ``prefetch`` requested ahead.
+
+        ::
+
+            for item in flow.blocking_iter(prefetch=64):
+                ...
+
+        Demand: as ``aiter``. Cancellation: ``close()``, ``break`` followed by
+        garbage collection, or an exception in the loop cancels upstream.
+        Errors: an ``on_error`` is raised from the loop; ``TimeoutError`` if no
+        signal arrives within ``timeout`` seconds.
+        """
+        return _pull.blocking_iter(self, prefetch, timeout)
+
+    async def to_list_async(self) -> list[T_co]:
+        """Collect every item without blocking the event loop."""
+        return await _pull.collect_async(self, None)
+
+    async def first_async(self) -> T_co:
+        """Return the first item (``EmptyFlowError`` if none) without blocking the loop."""
+        items = await _pull.collect_async(self, 1)
+        if not items:
+            raise _blocking.EmptyFlowError(f"{self!r} completed without items")
+        return items[0]
+
+    async def last_async(self) -> T_co:
+        """Return the last item (``EmptyFlowError`` if none) without blocking the loop."""
+        items = await _pull.collect_async(self.reduce(_newest), None)
+        if not items:
+            raise _blocking.EmptyFlowError(f"{self!r} completed without items")
+        return items[0]
+
     def to_list(self, timeout: float | None = None) -> list[T_co]:
         """Block until completion and return all items (re-raises an ``on_error``).
 
@@ -682,6 +745,7 @@ class Flow(Generic[T_co]):
 
 
 # Implementations import Flow, so they are bound after the class exists.
+from .adapters import _pull  # noqa: E402
 from .operators import _aggregate, _filtering, _lift, _transform  # noqa: E402
 from .sources import _generate, _iterable, _publisher, _simple  # noqa: E402
 from .subscribers import _blocking, _lambda  # noqa: E402

@@ -1,0 +1,1 @@
+"""Adapters between reactive_bp and the outside world (asyncio, threads, reactivex)."""
