@@ -10,6 +10,10 @@ from ._core._hooks import ProtocolViolationError as ProtocolViolationError
 from ._core._hooks import get_undeliverable_hook as get_undeliverable_hook
 from ._core._hooks import set_undeliverable_hook as set_undeliverable_hook
 from ._core._operator import OperatorSubscriber as OperatorSubscriber
+from ._core._push import BufferOverflowError as BufferOverflowError
+from ._core._push import BufferStats as BufferStats
+from ._core._push import OfferResult as OfferResult
+from ._core._push import OverflowStrategy as OverflowStrategy
 from ._flow import Flow as Flow
 from .abc import Processor as Processor
 from .abc import Publisher as Publisher
@@ -17,6 +21,8 @@ from .abc import Subscriber as Subscriber
 from .abc import Subscription as Subscription
 from .sources._generate import SynchronousSink as SynchronousSink
 from .sources._iterable import NoneItemError as NoneItemError
+from .sources._push import Emitter as Emitter
+from .sources._push import SourceQueue as SourceQueue
 from .subscribers._base import BaseSubscriber as BaseSubscriber
 from .subscribers._base import RequestPolicy as RequestPolicy
 from .subscribers._base import SignalType as SignalType
@@ -27,18 +33,24 @@ from .subscribers._lambda import LambdaSubscriber as LambdaSubscriber
 __all__ = [
     "UNBOUNDED",
     "BaseSubscriber",
+    "BufferOverflowError",
+    "BufferStats",
     "Disposable",
+    "Emitter",
     "EmptyFlowError",
     "Flow",
     "LambdaSubscriber",
     "NonPositiveRequestError",
     "NoneItemError",
+    "OfferResult",
     "OperatorSubscriber",
+    "OverflowStrategy",
     "Processor",
     "ProtocolViolationError",
     "Publisher",
     "RequestPolicy",
     "SignalType",
+    "SourceQueue",
     "Subscriber",
     "Subscription",
     "SynchronousSink",

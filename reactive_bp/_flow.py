@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
+from ._core._push import OverflowStrategy
+
 if TYPE_CHECKING:
     from .abc import Publisher, Subscriber
     from .sources._generate import SynchronousSink
+    from .sources._push import Emitter
     from .subscribers._base import RequestPolicy
     from .subscribers._lambda import Disposable
 
@@ -221,6 +224,43 @@ class Flow(Generic[T_co]):
         if isinstance(publisher, Flow):
             return publisher
         return _publisher.PublisherFlow(publisher)
+
+    @staticmethod
+    def create(
+        producer: Callable[[Emitter[U]], object],
+        capacity: int = 256,
+        overflow: OverflowStrategy | None = None,
+        on_dropped: Callable[[U], object] | None = None,
+    ) -> Flow[U]:
+        """Bridge a producer that pushes (callbacks, sockets, threads) into a flow.
+
+        ``producer(emitter)`` runs once per subscriber, right after
+        ``on_subscribe``; it calls ``emitter.emit(item)``, ``complete()`` and
+        ``error(exc)``, may read ``emitter.requested`` and register
+        ``on_request(cb)`` / ``on_cancel(cb)``. A coroutine function producer
+        runs as a task on the subscriber's running loop and should ``await
+        emitter.send(item)``.
+
+        ::
+
+            producer pushes a b c d   create(capacity=2, DROP_NEWEST)   ^-a-b---|  (c, d dropped)
+
+        Demand: items wait in a buffer of ``capacity`` until downstream
+        requests them. When it is full, ``overflow`` decides (default
+        ``OverflowStrategy.ERROR``): ``ERROR`` fails the stream with
+        ``BufferOverflowError`` after the buffered items, ``DROP_NEWEST`` /
+        ``DROP_OLDEST`` / ``LATEST`` drop (every dropped item goes to
+        ``on_dropped`` and is counted in ``emitter.stats``), ``WAIT`` holds the
+        producer (blocking ``emit``, awaitable ``send``). An unbounded buffer
+        exists only as ``OverflowStrategy.UNBOUNDED_BUFFER``.
+
+        Cancellation: ``emitter.is_cancelled`` turns true, ``on_cancel``
+        callbacks run, a coroutine producer's task is cancelled.
+
+        Errors: a producer that raises fails the stream.
+        """
+        strategy = OverflowStrategy.ERROR if overflow is None else overflow
+        return _push.CreateFlow(producer, capacity, strategy, on_dropped)
 
     # -- composition -------------------------------------------------------------
 
@@ -747,5 +787,5 @@ class Flow(Generic[T_co]):
 # Implementations import Flow, so they are bound after the class exists.
 from .adapters import _pull  # noqa: E402
 from .operators import _aggregate, _filtering, _lift, _transform  # noqa: E402
-from .sources import _generate, _iterable, _publisher, _simple  # noqa: E402
+from .sources import _generate, _iterable, _publisher, _push, _simple  # noqa: E402
 from .subscribers import _blocking, _lambda  # noqa: E402

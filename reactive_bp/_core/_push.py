@@ -1,0 +1,540 @@
+"""A bounded buffer between producers that push and a subscriber that pulls.
+
+``PushBuffer`` is the one mechanism behind ``Flow.create``, ``SourceQueue``
+and the ``on_backpressure_*`` operators: any number of producers (threads or
+coroutines) ``offer`` items; the subscriber receives them only against its
+demand, through a serialized drain loop (Rule 1.3, Rule 3.3 depth 1). When
+the buffer is full, the ``OverflowStrategy`` decides, and every item that is
+dropped goes to ``on_dropped`` and is counted in ``stats``: nothing vanishes
+unaccounted (produced == delivered + dropped + queued, at every moment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from ._demand import UNBOUNDED, add_cap, check_request, produced
+from ._hooks import report_undeliverable
+from ._signals import signal_complete, signal_error
+
+if TYPE_CHECKING:
+    from ..abc import Subscriber
+
+__all__ = [
+    "BufferOverflowError",
+    "BufferStats",
+    "OfferResult",
+    "OverflowStrategy",
+    "PushBuffer",
+]
+
+T = TypeVar("T")
+
+
+class OverflowStrategy(enum.Enum):
+    """What a full buffer does with one more item."""
+
+    ERROR = "error"
+    """Fail the stream with ``BufferOverflowError`` (after the buffered items)."""
+    DROP_NEWEST = "drop_newest"
+    """Drop the incoming item."""
+    DROP_OLDEST = "drop_oldest"
+    """Drop the oldest buffered item to make room."""
+    LATEST = "latest"
+    """Overwrite the newest buffered item (with capacity 1: keep only the latest)."""
+    WAIT = "wait"
+    """Hold the producer until there is room (blocking ``emit``, awaitable ``send``)."""
+    UNBOUNDED_BUFFER = "unbounded_buffer"
+    """Never full: memory grows with the backlog. Only when asked for by name."""
+
+
+class OfferResult(enum.Enum):
+    """The answer to one ``offer``."""
+
+    ENQUEUED = "enqueued"
+    """Accepted (with DROP_OLDEST / LATEST another item may have been dropped for it)."""
+    DROPPED = "dropped"
+    """Refused and dropped (DROP_NEWEST), and reported to ``on_dropped``."""
+    FULL = "full"
+    """Refused, nothing dropped: WAIT strategy and no room (use ``offer_wait``)."""
+    FAILED = "failed"
+    """The buffer overflowed with the ERROR strategy: the stream now fails."""
+    CLOSED = "closed"
+    """The stream is completed, failed or cancelled: nothing more is accepted."""
+
+
+class BufferOverflowError(Exception):
+    """A bounded buffer was full and its strategy is ``OverflowStrategy.ERROR``."""
+
+
+class BufferStats:
+    """Counters of a buffer, readable at any time without locking the hot path.
+
+    Invariant (under the buffer's lock): ``produced == delivered + dropped + depth``.
+    """
+
+    __slots__ = (
+        "_backpressured_since",
+        "backpressured_seconds",
+        "capacity",
+        "delivered",
+        "depth",
+        "dropped",
+        "dropped_by_reason",
+        "peak_depth",
+        "produced",
+    )
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self.produced = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.dropped_by_reason: dict[str, int] = {}
+        self.depth = 0
+        self.peak_depth = 0
+        self.backpressured_seconds = 0.0
+        self._backpressured_since: float | None = None
+
+    def snapshot(self) -> dict[str, object]:
+        """A plain dict of the counters (for logs and exporters)."""
+        return {
+            "capacity": self.capacity,
+            "produced": self.produced,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "dropped_by_reason": dict(self.dropped_by_reason),
+            "depth": self.depth,
+            "peak_depth": self.peak_depth,
+            "backpressured_seconds": self.backpressured_seconds,
+        }
+
+    def __repr__(self) -> str:
+        return f"BufferStats({self.snapshot()})"
+
+
+_OVERFLOW_REASON = {
+    OverflowStrategy.DROP_NEWEST: "drop_newest",
+    OverflowStrategy.DROP_OLDEST: "drop_oldest",
+    OverflowStrategy.LATEST: "latest",
+    OverflowStrategy.ERROR: "overflow_error",
+}
+
+
+class PushBuffer(Generic[T]):
+    """The subscription handed to the subscriber of a push source.
+
+    Producers call ``offer`` (any thread), ``offer_blocking`` (threads, WAIT),
+    ``await offer_wait`` (coroutines), ``complete`` and ``error``. The
+    subscriber calls ``request`` and ``cancel``.
+    """
+
+    __slots__ = (
+        "_actual",
+        "_async_waiters",
+        "_callback_thread",
+        "_cancel_callbacks",
+        "_capacity",
+        "_cond",
+        "_done",
+        "_drain_thread",
+        "_draining",
+        "_error",
+        "_lock",
+        "_missed",
+        "_on_dropped",
+        "_overflow",
+        "_queue",
+        "_request_callbacks",
+        "_requested",
+        "_stopped",
+        "error_ahead",
+        "name",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        actual: Subscriber[T] | None,
+        capacity: int,
+        overflow: OverflowStrategy,
+        on_dropped: Callable[[T], object] | None = None,
+        *,
+        name: str = "buffer",
+        error_ahead: bool = False,
+    ) -> None:
+        if not isinstance(overflow, OverflowStrategy):
+            raise TypeError(f"overflow must be an OverflowStrategy, got {overflow!r}")
+        if overflow is not OverflowStrategy.UNBOUNDED_BUFFER and (
+            type(capacity) is not int or capacity <= 0
+        ):
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        self._actual: Subscriber[T] | None = actual
+        self._capacity = UNBOUNDED if overflow is OverflowStrategy.UNBOUNDED_BUFFER else capacity
+        self._overflow = overflow
+        self._on_dropped = on_dropped
+        self.name = name
+        self.error_ahead = error_ahead
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # WAIT producers sleep here
+        # All guarded by _lock.
+        self._queue: deque[T] = deque()
+        self._requested = 0
+        self._done = False  # no more offers accepted (complete/error/overflow)
+        self._error: Exception | None = None
+        self._stopped = False  # cancelled or terminal signal sent
+        self._draining = False
+        self._drain_thread = 0
+        self._missed = False
+        self._callback_thread = 0  # the thread running on_request callbacks, if any
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._request_callbacks: list[Callable[[int], object]] = []
+        self._cancel_callbacks: list[Callable[[], object]] = []
+        self.stats = BufferStats(None if self._capacity == UNBOUNDED else capacity)
+
+    def attach(self, actual: Subscriber[T]) -> None:
+        """Give the buffer its subscriber (for a buffer created before anyone subscribed)."""
+        with self._lock:
+            if self._actual is not None or self._stopped:
+                raise RuntimeError(f"{self.name} already has a subscriber")
+            self._actual = actual
+        try:
+            actual.on_subscribe(self)
+        except Exception as fault:  # Rule 2.13
+            self.cancel()
+            signal_error(actual, fault, self.name)
+            return
+        self._drain()
+
+    # -- introspection ----------------------------------------------------------------
+
+    @property
+    def requested(self) -> int:
+        """Outstanding downstream demand not yet covered by buffered items."""
+        with self._lock:
+            return max(0, self._requested - len(self._queue))
+
+    @property
+    def desired_size(self) -> int:
+        """Room left before the buffer is full (``capacity - queued``; WHATWG's name)."""
+        with self._lock:
+            return self._capacity - len(self._queue)
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Whether the subscriber cancelled (or the stream ended)."""
+        return self._stopped
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether offers are refused (completed, failed or cancelled)."""
+        return self._done or self._stopped
+
+    def on_request(self, callback: Callable[[int], object]) -> None:
+        """Call ``callback(n)`` after each valid ``request(n)``."""
+        self._request_callbacks.append(callback)
+
+    def on_cancel(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once when the subscriber cancels."""
+        self._cancel_callbacks.append(callback)
+
+    # -- producers --------------------------------------------------------------------
+
+    def offer(self, item: T) -> OfferResult:
+        """Add ``item`` if the strategy allows; never blocks."""
+        if item is None:
+            raise TypeError(f"{self.name}: None is not a valid item (Rule 2.13)")
+        dropped: list[T] = []
+        with self._lock:
+            result = self._offer_locked(item, dropped)
+        self._report_dropped(dropped)
+        if result is OfferResult.ENQUEUED or result is OfferResult.FAILED:
+            self._drain()
+        return result
+
+    def _offer_locked(self, item: T, dropped: list[T]) -> OfferResult:
+        if self._done or self._stopped:
+            return OfferResult.CLOSED
+        queue = self._queue
+        stats = self.stats
+        stats.produced += 1
+        if len(queue) >= self._capacity and len(queue) >= self._requested:
+            overflow = self._overflow
+            if stats._backpressured_since is None:
+                stats._backpressured_since = time.monotonic()
+            if overflow is OverflowStrategy.WAIT:
+                stats.produced -= 1  # not taken: the producer still holds it
+                return OfferResult.FULL
+            if overflow is OverflowStrategy.DROP_NEWEST:
+                self._count_drop(item, "drop_newest", dropped)
+                return OfferResult.DROPPED
+            if overflow is OverflowStrategy.DROP_OLDEST:
+                self._count_drop(queue.popleft(), "drop_oldest", dropped)
+            elif overflow is OverflowStrategy.LATEST:
+                self._count_drop(queue.pop(), "latest", dropped)
+            else:  # ERROR
+                self._count_drop(item, "overflow_error", dropped)
+                self._done = True
+                self._error = BufferOverflowError(
+                    f"{self.name}: buffer of {self._capacity} is full "
+                    f"({stats.produced} produced, {stats.delivered} delivered)"
+                )
+                if self.error_ahead:
+                    for queued in queue:
+                        self._count_drop(queued, "overflow_error", dropped)
+                    queue.clear()
+                stats.depth = len(queue)
+                return OfferResult.FAILED
+        queue.append(item)
+        depth = len(queue)
+        stats.depth = depth
+        if depth > stats.peak_depth:
+            stats.peak_depth = depth
+        return OfferResult.ENQUEUED
+
+    def _count_drop(self, item: T, reason: str, dropped: list[T]) -> None:
+        stats = self.stats
+        stats.dropped += 1
+        stats.dropped_by_reason[reason] = stats.dropped_by_reason.get(reason, 0) + 1
+        dropped.append(item)
+
+    def _report_dropped(self, dropped: list[T]) -> None:
+        on_dropped = self._on_dropped
+        if not dropped or on_dropped is None:
+            return
+        for item in dropped:
+            try:
+                on_dropped(item)
+            except Exception as error:
+                report_undeliverable(error, f"{self.name} on_dropped callback")
+
+    def offer_blocking(self, item: T, timeout: float | None = None) -> OfferResult:
+        """Offer, waiting for room while the buffer is full (the WAIT strategy, threads).
+
+        Returns ``CLOSED`` if the stream ends while waiting and ``FULL`` after
+        ``timeout``. Raises ``RuntimeError`` if called on the thread that is
+        delivering to the subscriber, where waiting could never end.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            result = self.offer(item)
+            if result is not OfferResult.FULL:
+                return result
+            with self._lock:
+                me = threading.get_ident()
+                if (self._draining and self._drain_thread == me) or self._callback_thread == me:
+                    raise RuntimeError(
+                        f"{self.name}: a WAIT emit beyond demand on the subscriber's own "
+                        "thread would wait forever"
+                    )
+                if self._room_locked() or self._done or self._stopped:
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return OfferResult.FULL
+                self._cond.wait(remaining if remaining is not None else 1.0)
+
+    async def offer_wait(self, item: T) -> OfferResult:
+        """Offer, awaiting room while the buffer is full (the WAIT strategy, coroutines)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            result = self.offer(item)
+            if result is not OfferResult.FULL:
+                return result
+            await self._wait_for_room(loop)
+
+    async def ready(self) -> None:
+        """Return once there is room (or the stream is closed): Node's ``drain``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if self._room_locked() or self._done or self._stopped:
+                    return
+            await self._wait_for_room(loop)
+
+    async def _wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._room_locked() or self._done or self._stopped:
+                return
+            self._async_waiters.append((loop, future))
+        await future
+
+    def _room_locked(self) -> bool:
+        size = len(self._queue)
+        return size < self._capacity or size < self._requested
+
+    def complete(self) -> None:
+        """No more items: complete once the buffered ones are delivered."""
+        with self._lock:
+            if self._done or self._stopped:
+                return
+            self._done = True
+        self._drain()
+
+    def error(self, error: Exception) -> None:
+        """Fail the stream (after the buffered items, or ahead of them with ``error_ahead``)."""
+        if not isinstance(error, Exception):
+            raise TypeError(f"error() needs an Exception, got {error!r}")
+        dropped: list[T] = []
+        with self._lock:
+            if self._done or self._stopped:
+                report_undeliverable(error, f"{self.name} after terminal")
+                return
+            self._done = True
+            self._error = error
+            if self.error_ahead:
+                while self._queue:
+                    self._count_drop(self._queue.popleft(), "error_ahead", dropped)
+                self.stats.depth = 0
+        self._report_dropped(dropped)
+        self._drain()
+
+    # -- the subscriber's side ----------------------------------------------------------------
+
+    def request(self, n: int) -> None:
+        """Add demand (Rules 3.8, 3.9, 3.17) and deliver what is buffered."""
+        error = check_request(n)
+        with self._lock:
+            if self._stopped:
+                return  # Rule 3.6
+            if error is not None:
+                dropped: list[T] = []
+                while self._queue:
+                    self._count_drop(self._queue.popleft(), "cancelled", dropped)
+                self.stats.depth = 0
+                self._done = True
+                self._error = error
+                self._requested = 0
+                self._wake_producers_locked()
+            else:
+                self._requested = add_cap(self._requested, n)
+                self._wake_producers_locked()
+        if error is not None:
+            self._report_dropped(dropped)
+            self._run_cancel_callbacks()
+        elif self._request_callbacks:
+            previous = self._callback_thread
+            self._callback_thread = threading.get_ident()
+            try:
+                for callback in list(self._request_callbacks):
+                    try:
+                        callback(n)
+                    except Exception as fault:  # the producer failed: so does the stream
+                        self.error(fault)
+                        break
+            finally:
+                self._callback_thread = previous
+        self._drain()
+
+    def cancel(self) -> None:
+        """Stop, drop (and count) what is buffered, release the subscriber (Rule 3.13)."""
+        dropped: list[T] = []
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            while self._queue:
+                self._count_drop(self._queue.popleft(), "cancelled", dropped)
+            self.stats.depth = 0
+            self._wake_producers_locked()
+            if not self._draining:
+                self._actual = None
+        self._report_dropped(dropped)
+        self._run_cancel_callbacks()
+
+    def _run_cancel_callbacks(self) -> None:
+        callbacks, self._cancel_callbacks = self._cancel_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as fault:
+                report_undeliverable(fault, f"{self.name} on_cancel callback")
+
+    def _wake_producers_locked(self) -> None:
+        self._cond.notify_all()
+        waiters, self._async_waiters = self._async_waiters, []
+        for loop, future in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, future)
+
+    # -- the drain loop ----------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        with self._lock:
+            if self._draining:
+                self._missed = True  # the running loop will look again (Rule 3.3)
+                return
+            if self._stopped or self._actual is None:
+                return
+            self._draining = True
+            self._drain_thread = threading.get_ident()
+        actual = self._actual
+        lock = self._lock
+        stats = self.stats
+        while True:
+            with lock:
+                self._missed = False
+                if self._stopped:
+                    self._actual = None
+                    self._draining = False
+                    return
+                n = min(self._requested, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(n)]
+                if n:
+                    self._requested = produced(self._requested, n)
+                    stats.delivered += n
+                    stats.depth = len(self._queue)
+                    self._wake_producers_locked()
+                    if stats._backpressured_since is not None and self._room_locked():
+                        stats.backpressured_seconds += time.monotonic() - stats._backpressured_since
+                        stats._backpressured_since = None
+                terminal = self._done and not self._queue
+                error = self._error
+            for item in batch:
+                if self._stopped:
+                    break
+                try:
+                    actual.on_next(item)
+                except Exception as fault:  # Rule 2.13
+                    self.cancel()
+                    signal_error(actual, fault, self.name)
+                    with lock:
+                        self._draining = False
+                        self._actual = None
+                    return
+            with lock:
+                if self._stopped:
+                    self._actual = None
+                    self._draining = False
+                    return
+                if terminal and not self._queue:
+                    self._stopped = True
+                    self._actual = None
+                    self._draining = False
+                    finish = True
+                elif not self._missed and (not batch or not self._requested or not self._queue):
+                    self._draining = False
+                    return
+                else:
+                    finish = False
+            if finish:
+                if error is None:
+                    signal_complete(actual, self.name)
+                else:
+                    signal_error(actual, error, self.name)
+                return
+
+    def __repr__(self) -> str:
+        return f"<PushBuffer {self.name} {self.stats.snapshot()}>"
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
