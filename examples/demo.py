@@ -1,0 +1,359 @@
+# supports: --quick
+"""The main job: a fast producer and a deliberately slow consumer, without and with demand.
+
+The same producer (sensor readings, as fast as the CPU allows) feeds the same
+slow consumer (0.5 ms per reading, like a write to a slow disk) twice:
+
+1. **No backpressure**: a producer thread puts every reading into an unbounded
+   ``queue.Queue``; a consumer thread takes them out. Nothing tells the
+   producer to slow down, so the queue grows until the producer stops at a
+   cap, which is here only so the demo cannot hurt the machine.
+2. **reactive_bp**: the consumer pulls readings with ``request(n)`` batches
+   (the arithmetic of ``RequestPolicy.batch(256)``: ask for 256, ask for 192
+   more each time 192 are done). The producer is only pulled as far as asked,
+   so at most 256 readings ever wait between the two.
+
+The demo prints produced / delivered / peak queue / peak memory as a table,
+then checks that every bounded scenario stayed within its bound (exit status 1
+otherwise). Run ``python examples/demo.py`` (about 7 s) or ``--quick`` (about 1 s).
+
+More strategies (``on_backpressure_drop`` / ``latest`` / ``buffer``, ``sample``)
+become more rows: write a scenario function and add it to ``SCENARIOS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from typing_extensions import override
+
+from reactive_bp import BaseSubscriber, Flow, RequestPolicy
+
+Reading = tuple[int, float]  # (sequence number, value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how hard the demo runs.
+
+    Attributes:
+        seconds: How long each scenario runs.
+        cap: The producer stops after this many readings, whatever happens.
+        batch: The reactive_bp consumer's request size.
+        consumer_delay: Seconds the consumer spends on each reading.
+        progress_every: Seconds between progress lines when stdout is not a TTY.
+    """
+
+    seconds: float
+    cap: int
+    batch: int
+    consumer_delay: float
+    progress_every: float
+
+
+FULL = Settings(seconds=3.0, cap=300_000, batch=256, consumer_delay=0.0005, progress_every=1.0)
+QUICK = Settings(seconds=0.35, cap=30_000, batch=256, consumer_delay=0.0005, progress_every=1.0)
+
+
+class Stats:
+    """What one scenario did, updated live by its threads and read by the progress line.
+
+    Each counter has a single writer thread; int writes are atomic under the
+    GIL, and the printer only reads.
+    """
+
+    def __init__(self) -> None:
+        self.produced = 0  # readings the producer made (written by the producer)
+        self.taken = 0  # readings the consumer picked up (written by the consumer)
+        self.delivered = 0  # readings the consumer finished (written by the consumer)
+        self.peak_queue = 0  # max of produced - taken (written by the producer)
+        self.notes: list[str] = []
+
+    @property
+    def queued(self) -> int:
+        """Readings made but not yet picked up by the consumer."""
+        return max(0, self.produced - self.taken)
+
+
+def readings(settings: Settings, stats: Stats, stop: threading.Event) -> Iterator[Reading]:
+    """The fast producer: yields readings as fast as it is pulled, up to ``settings.cap``.
+
+    It records how far it was pulled (``stats.produced``) and the backlog it
+    left behind (``stats.peak_queue``).
+    """
+    for seq in range(settings.cap):
+        if stop.is_set():
+            stats.notes.append(
+                f"the producer was stopped by the time limit with {stats.queued:,} readings "
+                "still queued, and the queue was still growing"
+            )
+            return
+        stats.produced += 1
+        backlog = stats.produced - stats.taken
+        if backlog > stats.peak_queue:
+            stats.peak_queue = backlog
+        yield (seq, seq * 0.001)
+    stats.notes.append(
+        f"the producer stopped at its cap of {settings.cap:,} readings; "
+        "without the cap the queue would have kept growing"
+    )
+
+
+def slow_consume(reading: Reading, settings: Settings) -> None:
+    """The deliberately slow consumer (think: one write to a slow disk per reading)."""
+    time.sleep(settings.consumer_delay)
+
+
+# -- scenarios ------------------------------------------------------------------------------
+# A scenario runs until `stop` is set (or its producer is exhausted), updating `stats`.
+
+
+def no_backpressure(settings: Settings, stats: Stats, stop: threading.Event) -> None:
+    """Producer thread -> unbounded ``queue.Queue`` -> consumer thread; nothing pushes back."""
+    buffer: queue.Queue[Reading] = queue.Queue()  # unbounded: put() never waits
+
+    def produce() -> None:
+        for reading in readings(settings, stats, stop):
+            buffer.put(reading)
+
+    def consume() -> None:
+        while not stop.is_set():
+            try:
+                reading = buffer.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            stats.taken += 1
+            slow_consume(reading, settings)
+            stats.delivered += 1
+
+    threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+class _PullingConsumer(BaseSubscriber[Reading]):
+    """Receives readings into an inbox; the consumer loop decides when to ``request`` more."""
+
+    def __init__(self) -> None:
+        super().__init__(RequestPolicy.manual())  # no automatic demand: the loop asks
+        # Invariant: only the consumer thread touches the inbox (the source is
+        # synchronous, so it delivers on the thread that calls request()).
+        self.inbox: deque[Reading] = deque()
+        self.finished = False
+
+    @override
+    def hook_on_next(self, item: Reading) -> None:
+        self.inbox.append(item)
+
+    @override
+    def hook_on_complete(self) -> None:
+        self.finished = True
+
+    @override
+    def hook_on_error(self, error: Exception) -> None:
+        self.finished = True
+        super().hook_on_error(error)
+
+
+def pulled_by_demand(
+    shape: Callable[[Flow[Reading]], Flow[Reading]] = lambda flow: flow,
+) -> Callable[[Settings, Stats, threading.Event], None]:
+    """Build a scenario where a consumer pulls ``shape(producer)`` in ``request(n)`` batches.
+
+    Args:
+        shape: Operators to put between the producer and the consumer.
+
+    Returns:
+        The scenario function.
+    """
+
+    def scenario(settings: Settings, stats: Stats, stop: threading.Event) -> None:
+        consumer = _PullingConsumer()
+        shape(Flow.from_iterable(readings(settings, stats, stop))).subscribe(consumer)
+        replenish = settings.batch - settings.batch // 4  # RequestPolicy.batch's arithmetic
+        consumer.request(settings.batch)
+        done_since_request = 0
+        while not stop.is_set():
+            if not consumer.inbox:
+                if consumer.finished:
+                    break
+                time.sleep(0.001)  # an asynchronous shape may deliver later
+                continue
+            reading = consumer.inbox.popleft()
+            stats.taken += 1
+            slow_consume(reading, settings)
+            stats.delivered += 1
+            done_since_request += 1
+            if done_since_request == replenish:
+                done_since_request = 0
+                consumer.request(replenish)
+        consumer.cancel()
+
+    return scenario
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the table.
+
+    Attributes:
+        name: The row label.
+        run: Runs the scenario until the stop event is set.
+        bound: The most readings that may ever wait between producer and
+            consumer (checked after the run), or None for no bound.
+    """
+
+    name: str
+    run: Callable[[Settings, Stats, threading.Event], None]
+    bound: Callable[[Settings], int] | None = None
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("no backpressure (thread + unbounded queue.Queue)", no_backpressure),
+    Scenario(
+        "reactive_bp, consumer pulls with request(256)",
+        pulled_by_demand(),
+        bound=lambda settings: settings.batch,
+    ),
+    # More strategies go here, e.g. Scenario("reactive_bp + on_backpressure_latest", ...).
+]
+
+
+# -- harness ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """A finished scenario: its counters and the peak memory it allocated."""
+
+    scenario: Scenario
+    stats: Stats
+    peak_memory: int  # bytes, tracemalloc peak above the starting point
+
+
+def _progress_line(name: str, stats: Stats) -> str:
+    return (
+        f"  {name:<50} produced {stats.produced:>9,}  delivered {stats.delivered:>7,}  "
+        f"queued {stats.queued:>9,}"
+    )
+
+
+def run_scenario(scenario: Scenario, settings: Settings, live: bool) -> Outcome:
+    """Run one scenario for ``settings.seconds``, showing progress, and measure its memory."""
+    stats = Stats()
+    stop = threading.Event()
+    tracemalloc.start()
+    baseline = tracemalloc.get_traced_memory()[0]
+    worker = threading.Thread(target=scenario.run, args=(settings, stats, stop))
+    started = time.monotonic()
+    worker.start()
+    last_line = started
+    while worker.is_alive():
+        now = time.monotonic()
+        if now - started >= settings.seconds:
+            stop.set()
+        if live:
+            print("\r" + _progress_line(scenario.name, stats), end="", flush=True)
+        elif now - last_line >= settings.progress_every:
+            last_line = now
+            print(_progress_line(scenario.name, stats), flush=True)
+        worker.join(0.1)
+    peak = tracemalloc.get_traced_memory()[1] - baseline
+    tracemalloc.stop()
+    print(("\r" if live else "") + _progress_line(scenario.name, stats) + "  done", flush=True)
+    return Outcome(scenario, stats, max(0, peak))
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes >= 1024 * 1024:
+        return f"{n_bytes / (1024 * 1024):.1f} MiB"
+    return f"{n_bytes / 1024:.1f} KiB"
+
+
+def markdown_table(outcomes: Sequence[Outcome]) -> str:
+    """Return the outcomes as a markdown table."""
+    lines = [
+        "| scenario | produced | delivered | peak queue | peak memory |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for o in outcomes:
+        s = o.stats
+        lines.append(
+            f"| {o.scenario.name} | {s.produced:,} | {s.delivered:,} | {s.peak_queue:,} "
+            f"| {_size(o.peak_memory)} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict(outcomes: Sequence[Outcome]) -> str:
+    """Return one line comparing the unbounded baseline (first row) with the bounded rows."""
+    baseline = outcomes[0]
+    bounded = [o for o in outcomes if o.scenario.bound is not None]
+    if not bounded:
+        return "Verdict: no bounded scenario ran."
+    worst = max(bounded, key=lambda o: o.stats.peak_queue)
+    return (
+        f"Verdict: same producer, same slow consumer: without backpressure "
+        f"{baseline.stats.peak_queue:,} readings ({_size(baseline.peak_memory)}) piled up "
+        f"and {baseline.stats.delivered:,} were delivered; with demand at most "
+        f"{worst.stats.peak_queue:,} ever waited ({_size(worst.peak_memory)}) "
+        f"and {worst.stats.delivered:,} were delivered."
+    )
+
+
+def check_bounds(outcomes: Sequence[Outcome], settings: Settings) -> list[str]:
+    """Return a message for every scenario whose peak queue exceeded its bound."""
+    failures = []
+    for o in outcomes:
+        if o.scenario.bound is None:
+            continue
+        bound = o.scenario.bound(settings)
+        if o.stats.peak_queue > bound:
+            failures.append(f"{o.scenario.name}: peak queue {o.stats.peak_queue:,} > {bound:,}")
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every scenario, print the table and verdict; return 1 if a bound was broken."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="about 1 s in total (for tests)")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    live = sys.stdout.isatty()
+    print(
+        f"Fast producer, slow consumer ({settings.consumer_delay * 1000:g} ms per reading), "
+        f"{settings.seconds:g} s per scenario.\n"
+    )
+    outcomes = [run_scenario(scenario, settings, live) for scenario in SCENARIOS]
+    print()
+    print(markdown_table(outcomes))
+    print()
+    for o in outcomes:
+        for note in o.stats.notes:
+            print(f"Note ({o.scenario.name}): {note}.")
+    print(
+        "delivered: readings the consumer finished; a producer that never waits also takes "
+        "CPU time (and the GIL) away from the consumer."
+    )
+    print("peak queue: readings made by the producer but not yet picked up by the consumer.")
+    print("peak memory: tracemalloc peak during the scenario (Python allocations).")
+    print()
+    print(verdict(outcomes))
+    failures = check_bounds(outcomes, settings)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
