@@ -8,7 +8,8 @@ docstrings here are the user documentation (marble diagram, ``Demand:``,
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 from ._core._push import OverflowStrategy
@@ -224,6 +225,43 @@ class Flow(Generic[T_co]):
         if isinstance(publisher, Flow):
             return publisher
         return _publisher.PublisherFlow(publisher)
+
+    @staticmethod
+    def from_async_iterable(
+        iterable: AsyncIterable[U], loop: asyncio.AbstractEventLoop | None = None
+    ) -> Flow[U]:
+        """Emit the items of an async iterable, calling ``__anext__`` only while there is demand.
+
+        ::
+
+            async generator a b c   from_async_iterable   ^-a-b-c-|
+
+        Demand: one ``__anext__`` per requested item, awaited in one task on
+        ``loop`` (default: the loop running when ``subscribe`` is called).
+        ``request`` may come from any thread.
+
+        Cancellation: the pump task is cancelled and the iterator ``aclose``d.
+
+        Errors: an exception from ``__anext__`` becomes ``on_error``; ``None``
+        becomes ``on_error(NoneItemError)``.
+        """
+        return _async.AsyncIterableFlow(iterable, loop)
+
+    @staticmethod
+    def from_queue(
+        queue: asyncio.Queue[U | None], loop: asyncio.AbstractEventLoop | None = None
+    ) -> Flow[U]:
+        """Emit what is put into an ``asyncio.Queue``; putting ``None`` completes the flow.
+
+        ::
+
+            queue.put(a); queue.put(b); queue.put(None)   from_queue   ^-a-b-|
+
+        Demand: one ``await queue.get()`` per requested item, so a bounded
+        queue (``maxsize``) holds its producers back while downstream is slow.
+        ``None`` is never an item, which is why it marks the end.
+        """
+        return _async.AsyncIterableFlow(_async.queue_items(queue), loop, "from_queue")
 
     @staticmethod
     def create(
@@ -787,5 +825,5 @@ class Flow(Generic[T_co]):
 # Implementations import Flow, so they are bound after the class exists.
 from .adapters import _pull  # noqa: E402
 from .operators import _aggregate, _filtering, _lift, _transform  # noqa: E402
-from .sources import _generate, _iterable, _publisher, _push, _simple  # noqa: E402
+from .sources import _async, _generate, _iterable, _publisher, _push, _simple  # noqa: E402
 from .subscribers import _blocking, _lambda  # noqa: E402

@@ -1,0 +1,219 @@
+"""Async sources: ``from_async_iterable`` and ``from_queue`` pull only while there is demand."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from typing_extensions import override
+
+from .._core._demand import add_cap, check_request, produced
+from .._core._hooks import report_undeliverable
+from .._core._operator import EmptySubscription
+from .._core._signals import signal_complete, signal_error
+from .._flow import Flow
+from ._iterable import NoneItemError
+
+if TYPE_CHECKING:
+    from ..abc import Subscriber
+
+__all__ = ["AsyncIterableFlow", "queue_items"]
+
+T = TypeVar("T")
+
+
+class _AsyncPullSubscription(Generic[T]):
+    """Calls ``__anext__`` once per requested item, in one task on the loop.
+
+    Only the pump task signals the subscriber (Rule 1.3); ``request`` from any
+    thread only adds demand and wakes the pump (Rule 3.3: no recursion at all).
+    A bad ``request`` (Rule 3.9) is signalled by the pump too.
+    """
+
+    __slots__ = (
+        "_actual",
+        "_cancelled",
+        "_iterator",
+        "_lock",
+        "_loop",
+        "_pending_error",
+        "_requested",
+        "_running",
+        "_source",
+        "_task",
+    )
+
+    def __init__(
+        self,
+        actual: Subscriber[T],
+        iterator: AsyncIterator[T],
+        loop: asyncio.AbstractEventLoop,
+        source: object,
+    ) -> None:
+        self._actual: Subscriber[T] | None = actual
+        self._iterator = iterator
+        self._loop = loop
+        self._source = source
+        self._lock = threading.Lock()
+        self._requested = 0  # guarded by _lock
+        self._running = False  # guarded by _lock: a pump task exists
+        self._cancelled = False
+        self._pending_error: Exception | None = None  # guarded by _lock
+        self._task: asyncio.Task[None] | None = None
+
+    def request(self, n: int) -> None:
+        error = check_request(n)
+        with self._lock:
+            if self._cancelled:
+                return
+            if error is None:
+                self._requested = add_cap(self._requested, n)
+            elif self._pending_error is None:
+                self._pending_error = error
+            if self._running:
+                return
+            self._running = True
+        self._start_pump()
+
+    def _start_pump(self) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._task = self._loop.create_task(self._pump())
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._create_task)
+
+    def _create_task(self) -> None:
+        if not self._cancelled:
+            self._task = self._loop.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            with self._lock:
+                actual = self._actual
+                if self._cancelled or actual is None:
+                    self._running = False
+                    return
+                error = self._pending_error
+                if error is None and self._requested == 0:
+                    self._running = False
+                    return
+            if error is not None:
+                self._finish(actual, error)
+                return
+            try:
+                item = await self._iterator.__anext__()
+            except StopAsyncIteration:
+                self._finish(actual, None)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as failure:
+                self._finish(actual, failure)
+                return
+            if self._cancelled:
+                return
+            if item is None:
+                self._finish(actual, NoneItemError(f"{self._source!r} produced None"))
+                return
+            with self._lock:
+                self._requested = produced(self._requested, 1)
+            try:
+                actual.on_next(item)
+            except Exception as fault:  # Rule 2.13
+                self._finish(actual, fault)
+                return
+
+    def _finish(self, actual: Subscriber[T], error: Exception | None) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            self._running = False
+        self._actual = None
+        self._close_iterator()
+        if error is None:
+            signal_complete(actual, self._source)
+        else:
+            signal_error(actual, error, self._source)
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+        self._actual = None  # Rule 3.13
+        task = self._task
+        if task is not None and not task.done():
+            self._loop.call_soon_threadsafe(task.cancel)
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._close_iterator)
+
+    def _close_iterator(self) -> None:
+        aclose = getattr(self._iterator, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            self._loop.create_task(aclose())
+        except RuntimeError as error:  # the loop is closing
+            report_undeliverable(error, f"{self._source!r} aclose")
+
+
+class AsyncIterableFlow(Flow[T]):
+    """Pulls an async iterable on an event loop, one ``__anext__`` per requested item."""
+
+    __slots__ = ("_iterable", "_loop", "_name")
+
+    def __init__(
+        self,
+        iterable: AsyncIterable[T],
+        loop: asyncio.AbstractEventLoop | None,
+        name: str = "from_async_iterable",
+    ) -> None:
+        self._iterable = iterable
+        self._loop = loop
+        self._name = name
+
+    @override
+    def _subscribe(self, subscriber: Subscriber[T]) -> None:
+        try:
+            loop = self._loop if self._loop is not None else asyncio.get_running_loop()
+        except RuntimeError:
+            subscriber.on_subscribe(EmptySubscription())
+            signal_error(
+                subscriber,
+                RuntimeError(
+                    f"Flow.{self._name}: subscribe inside a running event loop or pass loop="
+                ),
+                self,
+            )
+            return
+        try:
+            iterator = self._iterable.__aiter__()
+        except Exception as error:
+            subscriber.on_subscribe(EmptySubscription())
+            signal_error(subscriber, error, self)
+            return
+        subscription = _AsyncPullSubscription(subscriber, iterator, loop, self)
+        try:
+            subscriber.on_subscribe(subscription)
+        except Exception as fault:  # Rule 2.13
+            subscription.cancel()
+            signal_error(subscriber, fault, self)
+
+    def __repr__(self) -> str:
+        return f"Flow.{self._name}({type(self._iterable).__name__})"
+
+
+async def queue_items(queue: asyncio.Queue[T | None]) -> AsyncIterator[T]:
+    """Yield from an ``asyncio.Queue`` until it yields ``None`` (the end marker)."""
+    while True:
+        item = await queue.get()
+        queue.task_done()
+        if item is None:
+            return
+        yield item

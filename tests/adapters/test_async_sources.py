@@ -1,0 +1,121 @@
+"""from_async_iterable and from_queue: pulled only while there is demand."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+
+from reactive_bp import Flow, NoneItemError, NonPositiveRequestError
+from reactive_bp.testing import TestSubscriber
+
+pytestmark = pytest.mark.no_undeliverable
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_anext_is_called_only_for_requested_items() -> None:
+    pulled: list[int] = []
+    closed: list[bool] = []
+
+    async def numbers() -> AsyncIterator[int]:
+        try:
+            for i in range(100):
+                pulled.append(i)
+                yield i
+        finally:
+            closed.append(True)
+
+    async def main() -> TestSubscriber[int]:
+        subscriber: TestSubscriber[int] = TestSubscriber()
+        Flow.from_async_iterable(numbers()).subscribe(subscriber)
+        await _settle()
+        assert pulled == []
+        subscriber.request(3)
+        await _settle()
+        assert subscriber.items == [0, 1, 2] and pulled == [0, 1, 2]
+        subscriber.cancel()
+        await _settle()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert closed == [True]
+    subscriber.assert_clean()
+
+
+def test_requests_from_another_thread_and_completion() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(50):
+            await asyncio.sleep(0)
+            yield i
+
+    async def main() -> TestSubscriber[int]:
+        subscriber: TestSubscriber[int] = TestSubscriber()
+        Flow.from_async_iterable(numbers()).subscribe(subscriber)
+        requester = threading.Thread(target=lambda: [subscriber.request(1) for _ in range(60)])
+        requester.start()
+        while not subscriber.is_terminated:
+            await asyncio.sleep(0.001)
+        requester.join()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert subscriber.items == list(range(50)) and subscriber.completed
+    subscriber.assert_clean()
+
+
+def test_errors_none_and_bad_requests() -> None:
+    async def failing() -> AsyncIterator[int | None]:
+        yield 1
+        yield None
+
+    async def main() -> tuple[TestSubscriber[int | None], TestSubscriber[int]]:
+        first: TestSubscriber[int | None] = TestSubscriber(10)
+        Flow.from_async_iterable(failing()).subscribe(first)
+        second: TestSubscriber[int] = TestSubscriber()
+
+        async def forever() -> AsyncIterator[int]:
+            while True:
+                yield 1
+
+        Flow.from_async_iterable(forever()).subscribe(second)
+        second.request(-1)
+        await _settle()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first.items == [1] and [type(e) for e in first.errors] == [NoneItemError]
+    assert [type(e) for e in second.errors] == [NonPositiveRequestError]
+
+
+def test_subscribing_without_a_loop_fails_cleanly() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        yield 1
+
+    with pytest.raises(RuntimeError, match="event loop"):
+        Flow.from_async_iterable(numbers()).to_list()
+
+
+def test_from_queue_holds_producers_back() -> None:
+    async def main() -> list[int]:
+        queue: asyncio.Queue[int | None] = asyncio.Queue(maxsize=4)
+
+        async def produce() -> None:
+            for i in range(200):
+                await queue.put(i)
+            await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        items: list[int] = []
+        async for item in Flow.from_queue(queue).aiter(prefetch=2):
+            items.append(item)
+            assert queue.qsize() <= 4
+        await producer
+        return items
+
+    assert asyncio.run(main()) == list(range(200))
