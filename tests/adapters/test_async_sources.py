@@ -57,7 +57,12 @@ def test_requests_from_another_thread_and_completion() -> None:
     async def main() -> TestSubscriber[int]:
         subscriber: TestSubscriber[int] = TestSubscriber()
         Flow.from_async_iterable(numbers()).subscribe(subscriber)
-        requester = threading.Thread(target=lambda: [subscriber.request(1) for _ in range(60)])
+
+        def request_one_by_one() -> None:
+            for _ in range(60):
+                subscriber.request(1)
+
+        requester = threading.Thread(target=request_one_by_one)
         requester.start()
         while not subscriber.is_terminated:
             await asyncio.sleep(0.001)
