@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar, overload
 from ._core._push import OverflowStrategy
 
 if TYPE_CHECKING:
+    import reactivex
+
     from .abc import Publisher, Subscriber
     from .sources._generate import SynchronousSink
     from .sources._push import Emitter
@@ -262,6 +264,29 @@ class Flow(Generic[T_co]):
         ``None`` is never an item, which is why it marks the end.
         """
         return _async.AsyncIterableFlow(_async.queue_items(queue), loop, "from_queue")
+
+    @staticmethod
+    def from_observable(
+        observable: reactivex.Observable[U],
+        capacity: int = 256,
+        overflow: OverflowStrategy | None = None,
+        on_dropped: Callable[[U], object] | None = None,
+    ) -> Flow[U]:
+        """Adopt a reactivex Observable (the ``rx`` extra) behind a bounded buffer.
+
+        ::
+
+            observable a b c d   from_observable(capacity=2, DROP_OLDEST)   ^---c-d-|
+
+        Demand: an Observable cannot be slowed down, so its items wait in a
+        buffer of ``capacity``; when it is full, ``overflow`` (default
+        ``ERROR``) decides, and every dropped item goes to ``on_dropped`` and is
+        counted. ``WAIT`` is refused: it would block the Observable's thread.
+
+        Cancellation: disposes the Observable subscription.
+        """
+        strategy = OverflowStrategy.ERROR if overflow is None else overflow
+        return _rx.from_observable(observable, capacity, strategy, on_dropped)
 
     @staticmethod
     def create(
@@ -805,6 +830,15 @@ class Flow(Generic[T_co]):
             raise _blocking.EmptyFlowError(f"{self!r} completed without items")
         return items[0]
 
+    def to_observable(self) -> reactivex.Observable[T_co]:
+        """A reactivex Observable of this flow (the ``rx`` extra); it requests everything.
+
+        An Observer cannot signal demand, so the subscription requests
+        ``2**63 - 1``; put a strategy operator before it if the flow is fast.
+        Disposing the Observable subscription cancels the flow.
+        """
+        return _rx.to_observable(self)
+
     def to_list(self, timeout: float | None = None) -> list[T_co]:
         """Block until completion and return all items (re-raises an ``on_error``).
 
@@ -823,7 +857,7 @@ class Flow(Generic[T_co]):
 
 
 # Implementations import Flow, so they are bound after the class exists.
-from .adapters import _pull  # noqa: E402
+from .adapters import _pull, _rx  # noqa: E402
 from .operators import _aggregate, _filtering, _lift, _transform  # noqa: E402
 from .sources import _async, _generate, _iterable, _publisher, _push, _simple  # noqa: E402
 from .subscribers import _blocking, _lambda  # noqa: E402
