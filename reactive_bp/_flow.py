@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import reactivex
 
     from .abc import Publisher, Subscriber
+    from .schedulers import Scheduler
     from .sources._generate import SynchronousSink
     from .sources._push import Emitter
     from .subscribers._base import RequestPolicy
@@ -710,6 +711,44 @@ class Flow(Generic[T_co]):
         from .operators import _rate
 
         return _rate.limit_rate(self, high, low)
+
+    # -- async boundaries ---------------------------------------------------------------
+
+    def publish_on(self, scheduler: Scheduler, prefetch: int = 256) -> Flow[T_co]:
+        """Continue downstream signals on ``scheduler``, through a bounded queue.
+
+        ::
+
+            ^-a-b-c-|  (producer thread)   publish_on(pool)   ^-a-b-c-|  (pool thread)
+
+        Demand: upstream is asked for ``prefetch`` items, then for 75% of
+        ``prefetch`` each time that many were delivered downstream; queued
+        plus outstanding never exceeds ``prefetch``, so memory stays flat
+        whatever the producer's speed (unlike an ``observe_on`` queue).
+
+        Cancellation: cancels upstream and clears the queue.
+
+        Errors: an upstream error is delivered after the queued items; a
+        scheduler that refuses work fails the stream.
+        """
+        from .operators import _scheduling
+
+        return _scheduling.publish_on(self, scheduler, prefetch)
+
+    def subscribe_on(self, scheduler: Scheduler) -> Flow[T_co]:
+        """Subscribe, and make every ``request``, on ``scheduler``.
+
+        ::
+
+            ^-a-b-|   subscribe_on(pool)   ^-a-b-|  (the source runs on pool threads)
+
+        Demand: passed upstream 1:1, each ``request(n)`` as a task on the
+        scheduler, so a synchronous source produces there, not on the
+        requesting thread.
+        """
+        from .operators import _scheduling
+
+        return _scheduling.subscribe_on(self, scheduler)
 
     # -- side effects ----------------------------------------------------------------
 
