@@ -42,7 +42,7 @@ from pathlib import Path
 from _machine import machine_info, machine_summary
 from typing_extensions import override
 
-from reactive_bp import UNBOUNDED, BaseSubscriber, Flow, RequestPolicy
+from reactive_bp import UNBOUNDED, BaseSubscriber, Flow, RequestPolicy, SignalType
 
 try:
     import reactivex
@@ -166,6 +166,51 @@ def _run_reactive_bp(policy: Callable[[], RequestPolicy]) -> Callable[[Probe], N
     return run
 
 
+def _run_reactive_bp_publish_on(probe: Probe) -> None:
+    # A real thread hop, like observe_on, but the queue between the threads is
+    # bounded by demand: prefetch 256, replenished at 75%.
+    from reactive_bp.schedulers import ThreadPoolScheduler as RbpPool
+
+    done = threading.Event()
+
+    class Consumer(_SlowSubscriber):
+        @override
+        def hook_finally(self, signal: SignalType) -> None:
+            done.set()
+
+    with RbpPool(1) as pool:
+        Flow.from_iterable(probe.source()).do_on_request(probe.on_request).publish_on(
+            pool, prefetch=256
+        ).subscribe(Consumer(probe, RequestPolicy.batch(256)))
+        done.wait()
+
+
+def _run_asyncio_queue(probe: Probe) -> None:
+    # The asyncio answer: a bounded asyncio.Queue between a producer task and a
+    # consumer task (no operators, no demand accounting beyond the queue size).
+    import asyncio
+
+    async def main() -> None:
+        queue: asyncio.Queue[int | None] = asyncio.Queue(maxsize=256)
+
+        async def produce() -> None:
+            for item in probe.source():
+                await queue.put(item)
+            await queue.put(None)
+
+        async def consume() -> None:
+            while (item := await queue.get()) is not None:
+                probe.consume(item)
+                if probe.over_budget():
+                    return
+
+        producer = asyncio.create_task(produce())
+        await consume()
+        producer.cancel()
+
+    asyncio.run(main())
+
+
 @dataclass(frozen=True)
 class Contender:
     """One row of the table.
@@ -205,7 +250,18 @@ CONTENDERS: list[Contender] = [
         "one_by_one()",
         _run_reactive_bp(RequestPolicy.one_by_one),
     ),
-    # Add reactive_bp publish_on (a bounded thread hop) here once it exists.
+    Contender(
+        "rbp-publish-on",
+        "reactive_bp from_iterable.publish_on(ThreadPoolScheduler(1)), slow subscriber",
+        "prefetch 256, batch(256)",
+        _run_reactive_bp_publish_on,
+    ),
+    Contender(
+        "asyncio-queue",
+        "asyncio producer task -> Queue(maxsize=256) -> slow consumer task",
+        "bounded queue (put waits)",
+        _run_asyncio_queue,
+    ),
 ]
 
 
