@@ -22,6 +22,7 @@ def test_every_flow_operator_documents_demand() -> None:
     """Each operator says how downstream demand maps upstream (the house style)."""
     # Sinks and composition helpers are not operators.
     exempt = {"subscribe", "lift", "pipe", "subscribe_with", "to_list", "first", "last"}
+    exempt |= {"to_list_async", "first_async", "last_async", "to_observable"}
     for name in vars(Flow):
         if name.startswith("_") or not callable(getattr(Flow, name)) or name in exempt:
             continue

@@ -70,6 +70,8 @@ CASES: list[OperatorCase] = [
         lambda f: f.scan(lambda a, x: a + x, 100),
         lambda xs: list(itertools.accumulate(xs, initial=100)),
         lambda f: f.scan(boom, 100),
+        # The source is subscribed once the seed was requested (concat).
+        propagates_cancel=False,
     ),
     OperatorCase(
         "reduce",
