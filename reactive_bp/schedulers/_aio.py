@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ._base import Action, Cancellable, CancellableAction, check_delay
-from ._timer import Periodic
+from ._timer import periodic
 
 __all__ = ["AsyncioScheduler"]
 
@@ -72,9 +72,7 @@ class AsyncioScheduler:
         self, period: float, action: Action, initial_delay: float | None = None
     ) -> Cancellable:
         """Run ``action`` on the loop every ``period`` seconds."""
-        period = check_delay("period", period, positive=True)
-        first = period if initial_delay is None else check_delay("initial_delay", initial_delay)
-        return Periodic(self, period, action, first)
+        return periodic(self, period, action, initial_delay)
 
     def __repr__(self) -> str:
         return f"AsyncioScheduler({self._loop!r})"

@@ -7,7 +7,7 @@ import time
 from collections import deque
 
 from ._base import Action, Cancellable, CancellableAction, check_delay
-from ._timer import Periodic, call_later
+from ._timer import call_later, periodic
 
 __all__ = ["ImmediateScheduler", "TrampolineScheduler"]
 
@@ -42,9 +42,7 @@ class ImmediateScheduler:
         self, period: float, action: Action, initial_delay: float | None = None
     ) -> Cancellable:
         """Run ``action`` every ``period`` seconds on the timer thread."""
-        period = check_delay("period", period, positive=True)
-        first = period if initial_delay is None else check_delay("initial_delay", initial_delay)
-        return Periodic(self, period, action, first)
+        return periodic(self, period, action, initial_delay)
 
     def __repr__(self) -> str:
         return "ImmediateScheduler()"

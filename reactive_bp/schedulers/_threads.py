@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from ._base import Action, Cancellable, CancellableAction, check_delay
-from ._timer import Periodic, call_later
+from ._timer import call_later, periodic
 
 __all__ = ["ThreadPoolScheduler"]
 
@@ -48,9 +48,7 @@ class ThreadPoolScheduler:
         self, period: float, action: Action, initial_delay: float | None = None
     ) -> Cancellable:
         """Run ``action`` every ``period`` seconds on a worker thread."""
-        period = check_delay("period", period, positive=True)
-        first = period if initial_delay is None else check_delay("initial_delay", initial_delay)
-        return Periodic(self, period, action, first)
+        return periodic(self, period, action, initial_delay)
 
     def _submit(self, run: Action) -> None:
         with self._lock:

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 
 from .._core._hooks import report_undeliverable
-from ._base import Action, Cancellable, CancellableAction, Scheduler
+from ._base import Action, Cancellable, CancellableAction, Scheduler, check_delay
 
-__all__ = ["Periodic", "call_later"]
+__all__ = ["Periodic", "call_later", "periodic"]
 
 
 class _TimerThread:
@@ -118,3 +118,12 @@ class Periodic:
         self._action.cancel()
         if current is not None:
             current.cancel()
+
+
+def periodic(
+    scheduler: Scheduler, period: float, action: Action, initial_delay: float | None
+) -> Periodic:
+    """Validate the arguments of ``schedule_periodic`` and start the repetition."""
+    period = check_delay("period", period, positive=True)
+    first = period if initial_delay is None else check_delay("initial_delay", initial_delay)
+    return Periodic(scheduler, period, action, first)

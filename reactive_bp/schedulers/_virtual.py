@@ -7,7 +7,7 @@ import itertools
 import threading
 
 from ._base import Action, Cancellable, CancellableAction, check_delay
-from ._timer import Periodic
+from ._timer import periodic
 
 __all__ = ["VirtualTimeScheduler"]
 
@@ -53,9 +53,7 @@ class VirtualTimeScheduler:
         self, period: float, action: Action, initial_delay: float | None = None
     ) -> Cancellable:
         """Repeat ``action`` every ``period`` virtual seconds."""
-        period = check_delay("period", period, positive=True)
-        first = period if initial_delay is None else check_delay("initial_delay", initial_delay)
-        return Periodic(self, period, action, first)
+        return periodic(self, period, action, initial_delay)
 
     def _push(self, due: float, action: Action) -> CancellableAction:
         handle = CancellableAction(action)
