@@ -1,0 +1,192 @@
+"""``SubscriptionArbiter``: one downstream subscription over a succession of upstreams.
+
+Operators that relay one upstream after another (``concat``, ``concat_map``,
+``on_error_resume``) hand downstream a single subscription while the
+publisher behind it changes. The arbiter keeps the outstanding downstream
+demand across the switch: it remembers everything requested, the owner
+reports what the finished upstream delivered (``produced``), and the next
+upstream is asked for the remainder as soon as it is attached
+(``set_upstream``).
+
+How the rules hold:
+
+* Rule 3.8 / 3.17: demand is added with ``add_cap`` and reduced with
+  ``produced``, under ``_lock``; nothing else touches it.
+* Rule 3.9: a bad ``request`` is recorded once (``pending_error``) and handed
+  to ``hook_on_bad_request``. By default it is forwarded, unchanged, to the
+  current upstream, which answers with ``on_error`` serialized with its own
+  items (every ``Flow`` validates demand, and third-party publishers are
+  adopted through ``Flow.from_publisher``, which does too). An upstream
+  attached later receives the same bad ``request`` instead of the demand, and
+  an owner that sits between two upstreams checks ``pending_error`` there.
+  Owners that can serialize the error themselves override the hook.
+* Rules 3.5, 3.7, 3.12: ``cancel`` is idempotent, cancels the current upstream
+  and every upstream attached afterwards.
+* Rule 3.6: after ``cancel``, ``request`` is a no-op.
+
+The owner calls ``produced(n)`` once per finished upstream (not per item), so
+the per-item path takes no lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, final
+
+from ._demand import UNBOUNDED, add_cap, check_request, produced
+from ._hooks import report_undeliverable
+
+if TYPE_CHECKING:
+    from ..abc import Subscription
+
+__all__ = ["SubscriptionArbiter", "cancel_quietly"]
+
+
+def cancel_quietly(subscription: Subscription) -> None:
+    """Cancel ``subscription``; an exception from it is reported, never raised (Rule 3.15)."""
+    try:
+        subscription.cancel()
+    except Exception as fault:
+        report_undeliverable(fault, f"{subscription!r}.cancel()")
+
+
+class SubscriptionArbiter:
+    """A subscription whose upstream can be replaced, carrying the outstanding demand over.
+
+    Usage by an owner (usually a subclass that is also the ``Subscriber`` of
+    each upstream in turn):
+
+    1. hand the arbiter downstream as its subscription;
+    2. in each upstream's ``on_subscribe`` call ``set_upstream(subscription)``:
+       it requests the outstanding demand (or cancels the upstream if the
+       arbiter was cancelled);
+    3. count the items relayed from that upstream and, when it completes and
+       before the next one is subscribed, call ``produced(count)``.
+
+    Hooks: ``hook_on_cancel`` (release the downstream reference, Rule 3.13)
+    and ``hook_on_bad_request`` (how a Rule 3.9 error reaches downstream).
+    """
+
+    __slots__ = ("_bad_n", "_cancelled", "_lock", "_pending_error", "_requested", "_upstream")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Guarded by _lock: the current upstream, None between upstreams and
+        # after cancel.
+        self._upstream: Subscription | None = None
+        # Guarded by _lock. Invariant: downstream requests minus the items
+        # reported through produced(), capped at UNBOUNDED, never negative.
+        self._requested = 0
+        # Guarded by _lock; set once.
+        self._cancelled = False
+        # Guarded by _lock; set once, by the first invalid request (Rule 3.9).
+        self._pending_error: Exception | None = None
+        self._bad_n: object = None
+
+    # -- the Subscription interface --------------------------------------------
+
+    @final
+    def request(self, n: int) -> None:
+        """Add ``n`` to the demand and pass it to the current upstream (Rules 3.8, 3.9)."""
+        error = check_request(n)
+        with self._lock:
+            if self._cancelled or self._pending_error is not None:
+                return  # Rule 3.6; after a bad request nothing more is asked
+            if error is None:
+                self._requested = add_cap(self._requested, n)
+            else:
+                self._pending_error = error
+                self._bad_n = n
+            upstream = self._upstream
+        if error is not None:
+            self.hook_on_bad_request(n, error, upstream)
+        elif upstream is not None:
+            upstream.request(n)
+
+    @final
+    def cancel(self) -> None:
+        """Cancel the current upstream and every later one (Rules 3.5, 3.7, 3.12)."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            cancel_quietly(upstream)
+        self.hook_on_cancel()
+
+    # -- for the owner ----------------------------------------------------------
+
+    def set_upstream(self, subscription: Subscription) -> None:
+        """Make ``subscription`` current and ask it for the outstanding demand.
+
+        If the arbiter was cancelled, ``subscription`` is cancelled instead.
+        If a bad request is pending, ``subscription`` receives that request,
+        so it signals the Rule 3.9 error in order with its own signals.
+        """
+        with self._lock:
+            cancelled = self._cancelled
+            if not cancelled:
+                self._upstream = subscription
+            requested = self._requested
+            bad = self._pending_error is not None
+            bad_n = self._bad_n
+        if cancelled:
+            cancel_quietly(subscription)
+        elif bad:
+            subscription.request(bad_n)  # type: ignore[arg-type]
+        elif requested:
+            subscription.request(requested)
+
+    def clear_upstream(self) -> None:
+        """Forget the current upstream (it terminated), so nothing more is sent to it."""
+        with self._lock:
+            self._upstream = None
+
+    def produced(self, n: int) -> None:
+        """Record that ``n`` items were relayed from the upstream that just finished."""
+        if n <= 0:
+            return
+        with self._lock:
+            left = produced(self._requested, n)
+            # A broken upstream may over-deliver; never let demand go negative.
+            self._requested = left if left > 0 else 0
+
+    @property
+    def pending_error(self) -> Exception | None:
+        """The Rule 3.9 error of the first invalid ``request``, if any."""
+        return self._pending_error
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Whether downstream (or the owner) cancelled."""
+        return self._cancelled
+
+    @property
+    def requested(self) -> int:
+        """The outstanding demand not yet reported as produced."""
+        return self._requested
+
+    # -- hooks ----------------------------------------------------------------------
+
+    def hook_on_cancel(self) -> None:
+        """Release owner resources after ``cancel`` (drop the downstream, Rule 3.13)."""
+
+    def hook_on_bad_request(
+        self, n: object, error: Exception, upstream: Subscription | None
+    ) -> None:
+        """Route a Rule 3.9 error downstream; called once, on the requesting thread.
+
+        The default forwards ``n`` to the current upstream, which signals the
+        error through the owner, serialized with its items. With no current
+        upstream the error waits in ``pending_error``: ``set_upstream``
+        forwards it to the next upstream, and the owner must check it before
+        completing.
+        """
+        if upstream is not None:
+            upstream.request(n)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        demand = "unbounded" if self._requested == UNBOUNDED else str(self._requested)
+        state = "cancelled" if self._cancelled else "active"
+        return f"<{type(self).__name__} {state} requested={demand}>"
