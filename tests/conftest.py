@@ -8,6 +8,8 @@ silently, and nothing is reported that should have been delivered).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -37,3 +39,18 @@ def undeliverable(_undeliverable_guard: _Guard) -> list[tuple[BaseException, str
     """The list of ``(error, origin)`` reported in this test."""
     _undeliverable_guard.inspected = True
     return _undeliverable_guard.reported
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    """Every thread a test starts must be gone shortly after it (pools shut down, timers idle)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if leaked:
+        pytest.fail(f"threads left running: {[t.name for t in leaked]}")
