@@ -1,0 +1,156 @@
+"""OperatorSubscriber: the rules every operator inherits, tested on a minimal operator."""
+
+from __future__ import annotations
+
+import pytest
+from typing_extensions import override
+
+from reactive_bp import (
+    UNBOUNDED,
+    Flow,
+    OperatorSubscriber,
+    ProtocolViolationError,
+    Subscriber,
+    Subscription,
+)
+from reactive_bp._core._operator import EmptySubscription
+from reactive_bp.testing import TestPublisher, TestSubscriber
+
+pytestmark = pytest.mark.no_undeliverable
+
+
+class _Twice(OperatorSubscriber[int, int]):
+    """Emits each item twice; fails on 13; completes early on 99."""
+
+    @override
+    def hook_on_next(self, item: int) -> None:
+        if item == 13:
+            raise ArithmeticError("unlucky")
+        if item == 99:
+            self.complete()
+            return
+        self.emit(item)
+        self.emit(item)
+
+
+class _Tracking(EmptySubscription):
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.requests: list[int] = []
+
+    @override
+    def request(self, n: int) -> None:
+        self.requests.append(n)
+
+    @override
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _attached() -> tuple[_Twice, _Tracking, TestSubscriber[int]]:
+    downstream: TestSubscriber[int] = TestSubscriber()
+    operator = _Twice(downstream)
+    upstream = _Tracking()
+    operator.on_subscribe(upstream)
+    return operator, upstream, downstream
+
+
+def test_requests_and_cancel_pass_upstream() -> None:
+    operator, upstream, downstream = _attached()
+    downstream.request(3)
+    assert upstream.requests == [3]
+    downstream.cancel()
+    downstream.cancel()  # idempotent (Rule 3.7)
+    assert upstream.cancelled
+    operator.on_next(1)  # Rule 2.8: late items are dropped
+    assert downstream.items == []
+
+
+def test_none_arguments_raise_type_error() -> None:
+    operator, _, _ = _attached()
+    with pytest.raises(TypeError):
+        operator.on_subscribe(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        operator.on_next(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        operator.try_on_next(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        operator.on_error(None)  # type: ignore[arg-type]
+
+
+def test_a_second_subscription_is_cancelled_and_reported(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    operator, first, _ = _attached()
+    second = _Tracking()
+    operator.on_subscribe(second)
+    assert second.cancelled and not first.cancelled  # Rule 2.5
+    assert isinstance(undeliverable[0][0], ProtocolViolationError)
+
+
+def test_a_raising_hook_cancels_upstream_and_errors_once(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    operator, upstream, downstream = _attached()
+    downstream.request(10)
+    operator.on_next(1)
+    operator.on_next(13)
+    assert downstream.items == [1, 1]
+    assert [type(e) for e in downstream.errors] == [ArithmeticError]
+    assert upstream.cancelled
+    operator.on_error(KeyError("late"))  # Rule 1.7: not delivered, but reported
+    operator.on_complete()
+    assert len(downstream.errors) == 1 and not downstream.completed
+    assert [type(e) for e, _ in undeliverable] == [KeyError]
+    downstream.assert_clean()
+
+
+def test_try_on_next_reports_a_failure_as_consumed() -> None:
+    operator, upstream, downstream = _attached()
+    downstream.request(10)
+    assert operator.try_on_next(2) is True
+    assert operator.try_on_next(13) is True
+    assert upstream.cancelled and [type(e) for e in downstream.errors] == [ArithmeticError]
+    assert operator.try_on_next(3) is True  # after terminal: dropped, counted as consumed
+
+
+def test_complete_from_a_hook_cancels_upstream() -> None:
+    operator, upstream, downstream = _attached()
+    downstream.request(10)
+    operator.on_next(99)
+    assert upstream.cancelled and downstream.completed
+    operator.on_next(1)
+    assert downstream.items == []
+
+
+def test_a_raising_downstream_on_subscribe_becomes_on_error() -> None:
+    class Raising(TestSubscriber[int]):
+        @override
+        def on_subscribe(self, subscription: Subscription) -> None:
+            super().on_subscribe(subscription)
+            raise RuntimeError("downstream broke")
+
+    downstream = Raising()
+    upstream = _Tracking()
+    _Twice(downstream).on_subscribe(upstream)
+    assert upstream.cancelled
+    assert [type(e) for e in downstream.errors] == [RuntimeError]
+
+
+def test_lift_reports_a_failing_or_none_factory() -> None:
+    def failing(actual: Subscriber[int]) -> Subscriber[int]:
+        raise LookupError("no operator")
+
+    with pytest.raises(LookupError):
+        Flow.range(3).lift(failing).to_list()
+    with pytest.raises(TypeError, match="returned None"):
+        Flow.range(3).lift(lambda actual: None).to_list()  # type: ignore[arg-type, return-value]
+
+
+def test_a_lifted_operator_runs_in_a_pipeline() -> None:
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+    upstream.lift(_Twice).subscribe(subscriber)
+    upstream.send_next(1, 2)
+    upstream.send_complete()
+    assert subscriber.items == [1, 1, 2, 2] and subscriber.completed
