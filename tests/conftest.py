@@ -48,9 +48,21 @@ def _no_leaked_threads() -> Iterator[None]:
     yield
     deadline = time.monotonic() + 2.0
     while True:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        leaked = [
+            t
+            for t in threading.enumerate()
+            if t not in before and t.is_alive() and not t.name.startswith("registry-pool")
+        ]
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.01)
     if leaked:
         pytest.fail(f"threads left running: {[t.name for t in leaked]}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _registry_pool() -> Iterator[None]:
+    yield
+    from tests.registry import shutdown_pool
+
+    shutdown_pool()
