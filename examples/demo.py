@@ -17,8 +17,10 @@ The demo prints produced / delivered / peak queue / peak memory as a table,
 then checks that every bounded scenario stayed within its bound (exit status 1
 otherwise). Run ``python examples/demo.py`` (about 7 s) or ``--quick`` (about 1 s).
 
-More strategies (``on_backpressure_drop`` / ``latest`` / ``buffer``, ``sample``)
-become more rows: write a scenario function and add it to ``SCENARIOS``.
+The ``strategy:`` rows push the same readings from a thread that never waits
+through a backpressure strategy (``examples/strategies.py`` and
+``docs/choosing-a-strategy.md`` compare all of them); more rows: write a
+scenario function and add it to ``SCENARIOS``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ from dataclasses import dataclass
 
 from typing_extensions import override
 
-from reactive_bp import BaseSubscriber, Flow, RequestPolicy
+from reactive_bp import (
+    BackpressureMeter,
+    BaseSubscriber,
+    Emitter,
+    Flow,
+    OverflowStrategy,
+    RequestPolicy,
+)
 
 Reading = tuple[int, float]  # (sequence number, value)
 
@@ -202,6 +211,69 @@ def pulled_by_demand(
     return scenario
 
 
+def pushed_through(
+    shape: Callable[[Flow[Reading], BackpressureMeter], Flow[Reading]],
+) -> Callable[[Settings, Stats, threading.Event], None]:
+    """Build a scenario where the producer pushes from its own thread and never waits.
+
+    The same readings go through ``shape`` (a strategy operator), which decides
+    what the slow consumer gets. Here "peak queue" is what the operator held
+    plus what waited in the consumer's inbox: memory, not losses (those are
+    produced - delivered).
+
+    Args:
+        shape: The strategy, given the producer's flow and a meter to count into.
+
+    Returns:
+        The scenario function.
+    """
+
+    def scenario(settings: Settings, stats: Stats, stop: threading.Event) -> None:
+        meter = BackpressureMeter("demo")
+        # readings() counts every reading not yet taken as queued; a strategy
+        # drops some on purpose, so that bookkeeping goes to a shadow.
+        shadow = Stats()
+
+        def producer(emitter: Emitter[Reading]) -> None:
+            def run() -> None:
+                for reading in readings(settings, shadow, stop):
+                    stats.produced += 1
+                    emitter.emit(reading)
+                emitter.complete()
+
+            threading.Thread(target=run, daemon=True).start()
+
+        consumer = _PullingConsumer()
+        source = Flow.create(producer, capacity=64, overflow=OverflowStrategy.WAIT)
+        shape(source, meter).subscribe(consumer)
+        replenish = settings.batch - settings.batch // 4
+        consumer.request(settings.batch)
+        done_since_request = 0
+        while not stop.is_set():
+            held = meter.stats.depth if meter.stats is not None else 0
+            stats.peak_queue = max(stats.peak_queue, held + len(consumer.inbox))
+            if not consumer.inbox:
+                if consumer.finished:
+                    break
+                time.sleep(0.001)
+                continue
+            reading = consumer.inbox.popleft()
+            stats.taken += 1
+            slow_consume(reading, settings)
+            stats.delivered += 1
+            done_since_request += 1
+            if done_since_request == replenish:
+                done_since_request = 0
+                consumer.request(replenish)
+        consumer.cancel()
+        counted = meter.stats
+        if counted is not None and counted.dropped:
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(counted.dropped_by_reason.items()))
+            stats.notes.append(f"the strategy dropped {counted.dropped:,} readings ({reasons})")
+
+    return scenario
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One row of the table.
@@ -225,7 +297,21 @@ SCENARIOS: list[Scenario] = [
         pulled_by_demand(),
         bound=lambda settings: settings.batch,
     ),
-    # More strategies go here, e.g. Scenario("reactive_bp + on_backpressure_latest", ...).
+    # Strategies: a producer that cannot wait, the same slow consumer.
+    Scenario(
+        "strategy: on_backpressure_buffer(256, DROP_OLDEST)",
+        pushed_through(
+            lambda flow, meter: flow.on_backpressure_buffer(
+                256, OverflowStrategy.DROP_OLDEST, meter=meter
+            )
+        ),
+        bound=lambda settings: 256 + settings.batch,
+    ),
+    Scenario(
+        "strategy: sample(10 ms)",
+        pushed_through(lambda flow, meter: flow.sample(0.01, meter=meter)),
+        bound=lambda settings: 2 + settings.batch,
+    ),
 ]
 
 

@@ -14,11 +14,18 @@ from ._core._push import BufferOverflowError as BufferOverflowError
 from ._core._push import BufferStats as BufferStats
 from ._core._push import OfferResult as OfferResult
 from ._core._push import OverflowStrategy as OverflowStrategy
+from ._core._push import WaterMarks as WaterMarks
 from ._flow import Flow as Flow
 from .abc import Processor as Processor
 from .abc import Publisher as Publisher
 from .abc import Subscriber as Subscriber
 from .abc import Subscription as Subscription
+from .metrics import BackpressureMeter as BackpressureMeter
+from .operators._retry import Backoff as Backoff
+from .operators._retry import RetryExhaustedError as RetryExhaustedError
+from .operators._sampling import RateExceededError as RateExceededError
+from .operators._sampling import adaptive_keep_rate as adaptive_keep_rate
+from .operators._timing import FlowTimeoutError as FlowTimeoutError
 from .sources._generate import SynchronousSink as SynchronousSink
 from .sources._iterable import NoneItemError as NoneItemError
 from .sources._push import Emitter as Emitter
@@ -32,6 +39,8 @@ from .subscribers._lambda import LambdaSubscriber as LambdaSubscriber
 
 __all__ = [
     "UNBOUNDED",
+    "Backoff",
+    "BackpressureMeter",
     "BaseSubscriber",
     "BufferOverflowError",
     "BufferStats",
@@ -39,6 +48,7 @@ __all__ = [
     "Emitter",
     "EmptyFlowError",
     "Flow",
+    "FlowTimeoutError",
     "LambdaSubscriber",
     "NonPositiveRequestError",
     "NoneItemError",
@@ -48,12 +58,16 @@ __all__ = [
     "Processor",
     "ProtocolViolationError",
     "Publisher",
+    "RateExceededError",
     "RequestPolicy",
+    "RetryExhaustedError",
     "SignalType",
     "SourceQueue",
     "Subscriber",
     "Subscription",
     "SynchronousSink",
+    "WaterMarks",
+    "adaptive_keep_rate",
     "get_undeliverable_hook",
     "set_undeliverable_hook",
 ]

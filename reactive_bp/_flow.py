@@ -9,15 +9,25 @@ docstrings here are the user documentation (marble diagram, ``Demand:``,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Generic, TypeVar, overload
+import random as random_module
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+)
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar, overload
 
-from ._core._push import OverflowStrategy
+from ._core._push import OverflowStrategy, WaterMarks
 
 if TYPE_CHECKING:
     import reactivex
 
     from .abc import Publisher, Subscriber
+    from .metrics import BackpressureMeter
+    from .operators._retry import Backoff, RetryOn
     from .schedulers import Scheduler
     from .sources._generate import SynchronousSink
     from .sources._push import Emitter
@@ -228,6 +238,61 @@ class Flow(Generic[T_co]):
         if isinstance(publisher, Flow):
             return publisher
         return _publisher.PublisherFlow(publisher)
+
+    @staticmethod
+    def interval(
+        period: float, scheduler: Scheduler | None = None, initial_delay: float | None = None
+    ) -> Flow[int]:
+        """Emit the tick numbers 0, 1, 2, ... every ``period`` seconds, forever.
+
+        ::
+
+            period 1, request(unbounded):  ^---0---1---2---3--->
+            no demand during ticks 1-3:    ^---0-----------(3)  (request(1) at once gets 3)
+
+        Demand: a clock cannot be slowed, so a tick that finds no demand is
+        held, never an error. At most one tick is held: a newer tick replaces
+        an undelivered one (it is *coalesced*), and a request delivers the
+        held tick at once. The numbers count every tick, so a gap (0, 1, 5)
+        says exactly how many ticks were coalesced (2, 3, 4).
+
+        Cancellation: stops the periodic timer.
+
+        Errors: only a Rule 3.9 request. The timer runs on ``scheduler``
+        (default: the shared timer thread, which exits when idle); the first
+        tick comes after ``initial_delay`` (default ``period``).
+
+        Example:
+            >>> from reactive_bp.schedulers import VirtualTimeScheduler
+            >>> vts = VirtualTimeScheduler()
+            >>> seen: list[int] = []
+            >>> _ = Flow.interval(1.0, scheduler=vts).take(3).subscribe_with(seen.append)
+            >>> vts.advance_by(5)
+            >>> seen
+            [0, 1, 2]
+        """
+        from .sources import _time
+
+        return _time.IntervalFlow(period, scheduler, initial_delay)
+
+    @staticmethod
+    def timer(delay: float, scheduler: Scheduler | None = None) -> Flow[int]:
+        """Emit ``0`` after ``delay`` seconds, then complete.
+
+        ::
+
+            delay 2:   ^-------0|
+            no demand: ^-------.....0|   (0 waits for request(1), then completes)
+
+        Demand: the item is held from the deadline until it is requested.
+
+        Cancellation: cancels the pending timer.
+
+        Errors: only a Rule 3.9 request.
+        """
+        from .sources import _time
+
+        return _time.TimerFlow(delay, scheduler)
 
     @staticmethod
     def from_async_iterable(
@@ -791,6 +856,706 @@ class Flow(Generic[T_co]):
         Errors: a raising ``action`` is reported; upstream is still cancelled.
         """
         return _transform.do_on_cancel(self, action)
+
+    # -- time, retry and concurrency ---------------------------------------------------
+
+    def delay(self, duration: float, scheduler: Scheduler | None = None) -> Flow[T_co]:
+        """Shift every item, and the completion, ``duration`` seconds later.
+
+        ::
+
+            ^-a-b---c-|      delay(2)   ^---a-b---c-|
+            ^-a-b-X          delay(2)   ^-X            (errors are not delayed)
+
+        Demand: 1:1. Each downstream ``request(n)`` asks upstream for ``n``;
+        an item is held for ``duration`` against demand that was already
+        granted, so held items never exceed the outstanding demand.
+
+        Cancellation: cancels upstream and the pending timer; held items are
+        dropped.
+
+        Errors: an upstream error is signalled at once, dropping held items
+        (it is not delayed). Completion comes ``duration`` after upstream
+        completed, so always after the last item.
+
+        Example:
+            >>> from reactive_bp.schedulers import VirtualTimeScheduler
+            >>> vts = VirtualTimeScheduler()
+            >>> seen: list[tuple[float, int]] = []
+            >>> flow = Flow.just(1, 2).delay(0.5, scheduler=vts)
+            >>> _ = flow.subscribe_with(lambda x: seen.append((vts.now(), x)))
+            >>> vts.advance_by(1)
+            >>> seen
+            [(0.5, 1), (0.5, 2)]
+        """
+        from .operators import _timing
+
+        return _timing.delay(self, duration, scheduler)
+
+    def timeout(
+        self,
+        duration: float,
+        fallback: Publisher[U] | None = None,
+        scheduler: Scheduler | None = None,
+    ) -> Flow[T_co | U]:
+        """Fail with ``FlowTimeoutError`` (a ``TimeoutError``) if an item is ``duration`` late.
+
+        ::
+
+            ^-a--b---------       timeout(3)          ^-a--b---X
+            ^-a--b---------       timeout(3, 1-2|)    ^-a--b---1-2|
+
+        Demand: 1:1. The clock runs only while downstream waits for an item:
+        it starts at subscription (or at the first request), restarts after
+        each item while demand remains, and stops while there is none, so a
+        slow consumer never causes a timeout. With ``fallback`` the source is
+        cancelled and the fallback is asked for the outstanding demand
+        (requested minus delivered).
+
+        Cancellation: cancels the source (or the fallback) and the timer.
+
+        Errors: upstream errors pass through; the fallback is not timed.
+        """
+        from .operators import _timing
+
+        return _timing.timeout(self, duration, fallback, scheduler)
+
+    def retry(
+        self,
+        max_attempts: int,
+        backoff: Backoff | None = None,
+        retry_on: RetryOn | None = None,
+        scheduler: Scheduler | None = None,
+    ) -> Flow[T_co]:
+        """Re-subscribe after a matching error, at most ``max_attempts`` subscriptions in all.
+
+        ::
+
+            ^-a-X  ^-b-X  ^-c|    retry(3)    ^-a---b---c|
+            ^-a-X  ^-b-X  ^-c-X   retry(3)    ^-a---b---c-X(RetryExhaustedError)
+
+        ``backoff`` sets the wait before each retry (default: none), e.g.
+        ``Backoff.exponential(base=0.1, factor=2.0, cap=10.0, jitter="full",
+        random=random.Random(seed))`` waits ``uniform(0, min(cap, base *
+        factor**k))`` before retry ``k``. ``retry_on`` (exception type(s) or a
+        predicate) says which errors are retried (default: all).
+
+        Demand: 1:1. What downstream requested and did not receive carries
+        over to the next attempt; delivered items are not requested again
+        (a re-subscribed source starts over, so they may be repeated).
+
+        Cancellation: cancels the current attempt, or the pending backoff
+        timer: nothing is subscribed after a cancel.
+
+        Errors: an error ``retry_on`` rejects passes through unchanged; after
+        the last attempt ``RetryExhaustedError`` is signalled, with
+        ``attempts`` and the last error as ``__cause__``.
+        """
+        from .operators import _retry
+
+        return _retry.retry(self, max_attempts, backoff, retry_on, scheduler)
+
+    @overload
+    def map_async(
+        self,
+        fn: Callable[[T_co], Awaitable[R]],
+        max_concurrency: int = 4,
+        ordered: bool = True,
+        scheduler: Scheduler | None = None,
+    ) -> Flow[R]: ...
+    @overload
+    def map_async(
+        self,
+        fn: Callable[[T_co], R],
+        max_concurrency: int = 4,
+        ordered: bool = True,
+        scheduler: Scheduler | None = None,
+    ) -> Flow[R]: ...
+    def map_async(
+        self,
+        fn: Callable[[T_co], R] | Callable[[T_co], Awaitable[R]],
+        max_concurrency: int = 4,
+        ordered: bool = True,
+        scheduler: Scheduler | None = None,
+    ) -> Flow[R]:
+        """Map with ``fn`` concurrently, never more than ``max_concurrency`` calls at once.
+
+        ::
+
+            ^-a-b-c-|   map_async(f, 2)                 ^---f(a)-f(b)---f(c)|
+            ^-a-b-c-|   map_async(f, 2, ordered=False)  ^---f(b)-f(a)---f(c)|
+
+        An ``async def`` ``fn`` runs as tasks on the event loop (the loop of
+        an ``AsyncioScheduler`` given as ``scheduler``, else the loop running
+        at subscribe time). A plain, blocking ``fn`` runs through
+        ``scheduler.schedule`` (e.g. a ``ThreadPoolScheduler``) or, by
+        default, on a private pool of ``max_concurrency`` threads that is shut
+        down when the stream terminates or is cancelled.
+
+        Demand: upstream is asked for ``max_concurrency`` items, then for one
+        more per result delivered: requested + running + finished-but-
+        undelivered never exceeds ``max_concurrency``. Results wait for
+        downstream demand; ``ordered=True`` keeps input order (the reorder
+        buffer holds at most ``max_concurrency`` results), ``ordered=False``
+        emits them as they finish.
+
+        Cancellation: cancels upstream and the unfinished calls (tasks are
+        cancelled, pool calls not started never start; a blocking call
+        already running finishes and its result is dropped).
+
+        Errors: the first error from ``fn`` (or upstream) cancels upstream and
+        the other calls and is signalled once, ahead of undelivered results.
+        """
+        from .operators import _concurrency
+
+        return _concurrency.map_async(self, fn, max_concurrency, ordered, scheduler)
+
+    # -- backpressure strategies -------------------------------------------------------
+    # What happens to items that arrive while downstream is not asking. Every
+    # operator here keeps a ``BufferStats`` per subscription: pass
+    # ``meter=BackpressureMeter(name)`` to read it (see ``reactive_bp.metrics``).
+
+    def on_backpressure_buffer(
+        self,
+        capacity: int,
+        overflow: OverflowStrategy = OverflowStrategy.ERROR,
+        on_dropped: Callable[[T_co], object] | None = None,
+        ttl: float | None = None,
+        scheduler: Scheduler | None = None,
+        *,
+        error_ahead: bool = False,
+        water_marks: WaterMarks | None = None,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]:
+        """Hold up to ``capacity`` items that downstream has not requested yet.
+
+        ::
+
+            ^-a-b-c-d-e-|     on_backpressure_buffer(2, DROP_OLDEST), request(5) late
+            ^-----------d-e-|  (a, b, c dropped: the oldest left as newer ones came)
+
+        ``overflow`` decides when the buffer is full (the enum ``Flow.create``
+        uses): ``ERROR`` fails with ``BufferOverflowError`` *after* the
+        buffered items (Reactor's choice; ``error_ahead=True`` cuts ahead of
+        them, RxJava's), ``DROP_NEWEST`` drops the incoming item,
+        ``DROP_OLDEST`` evicts the head, ``LATEST`` overwrites the newest.
+        ``on_dropped`` always receives the item that actually left. With
+        ``ttl``, an item that waited ``ttl`` seconds (on ``scheduler``'s clock)
+        is dropped with reason ``"ttl"``: a sweep is scheduled for the moment
+        the oldest item expires, and expired items are also removed before
+        any delivery or overflow decision, so an item older than ``ttl`` is
+        never delivered. ``water_marks`` (a ``WaterMarks``) turns
+        ``pressured`` on at its high mark and off at its low mark.
+
+        Demand: unbounded-in: upstream is asked for everything at once;
+        downstream receives buffered items only against its own demand. At
+        most ``capacity`` items are held beyond what downstream requested.
+        ``WAIT`` is refused (an operator holds upstream back with demand: use
+        ``limit_rate``), and so is ``UNBOUNDED_BUFFER`` (use
+        ``on_backpressure_buffer_unbounded``).
+
+        Cancellation: cancels upstream; buffered items are dropped with
+        reason ``"cancelled"`` (and go to ``on_dropped``).
+
+        Errors: an upstream error follows the buffered items (ahead of them
+        with ``error_ahead``). An ``ERROR`` overflow cancels upstream at once.
+        A raising ``on_dropped`` cancels upstream and fails the stream.
+
+        Example:
+            >>> meter = BackpressureMeter("example")
+            >>> flow = Flow.range(10).on_backpressure_buffer(
+            ...     3, OverflowStrategy.DROP_OLDEST, meter=meter)
+            >>> subscriber = TestSubscriber()
+            >>> flow.subscribe(subscriber); subscriber.request(10)
+            >>> subscriber.items, meter.stats.dropped_by_reason
+            ([7, 8, 9], {'drop_oldest': 7})
+        """
+        from .operators import _backpressure
+
+        return _backpressure.on_backpressure_buffer(
+            self, capacity, overflow, on_dropped, ttl, scheduler, error_ahead, water_marks, meter
+        )
+
+    def on_backpressure_buffer_unbounded(
+        self, *, water_marks: WaterMarks | None = None, meter: BackpressureMeter | None = None
+    ) -> Flow[T_co]:
+        """Hold every item downstream has not requested yet, without any limit.
+
+        ::
+
+            ^-a-b-c-d-|   on_backpressure_buffer_unbounded, request(4) late   ^-------a-b-c-d-|
+
+        Warning: memory grows with the backlog, as long as upstream outpaces
+        downstream; a stalled consumer means an out-of-memory failure later
+        instead of a clear error now. Prefer ``on_backpressure_buffer(n, ...)``
+        and decide what happens when ``n`` is reached; use this only when
+        the producer is known to be finite and small, and watch
+        ``meter.stats.depth`` or ``water_marks``.
+
+        Demand: unbounded-in: upstream is asked for everything at once;
+        items reach downstream only against its demand. Nothing is ever dropped.
+
+        Cancellation: cancels upstream and drops the backlog (reason ``"cancelled"``).
+
+        Errors: an upstream error is delivered after the buffered items.
+
+        Example:
+            >>> Flow.range(3).on_backpressure_buffer_unbounded().to_list()
+            [0, 1, 2]
+        """
+        from .operators import _backpressure
+
+        return _backpressure.on_backpressure_buffer_unbounded(self, water_marks, meter)
+
+    def on_backpressure_drop(
+        self,
+        on_dropped: Callable[[T_co], object] | None = None,
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]:
+        """Drop every item that arrives while downstream has no outstanding demand.
+
+        ::
+
+            ^-a-b-c-d-|   on_backpressure_drop, request(1) before a and before d
+            ^-a-----d-|   (b, c dropped)
+
+        Demand: unbounded-in: upstream is asked for everything; an item goes
+        downstream if demand is outstanding, else to ``on_dropped`` (reason
+        ``"drop_newest"``). Nothing is held.
+
+        Cancellation: cancels upstream.
+
+        Errors: upstream errors pass through; a raising ``on_dropped``
+        cancels upstream and fails the stream.
+
+        Example:
+            >>> dropped = []
+            >>> subscriber = TestSubscriber(2)
+            >>> Flow.range(5).on_backpressure_drop(dropped.append).subscribe(subscriber)
+            >>> subscriber.items, dropped
+            ([0, 1], [2, 3, 4])
+        """
+        from .operators import _backpressure
+
+        return _backpressure.on_backpressure_drop(self, on_dropped, meter)
+
+    def on_backpressure_latest(
+        self,
+        on_dropped: Callable[[T_co], object] | None = None,
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]:
+        """Keep only the newest undelivered item; deliver it when downstream asks.
+
+        ::
+
+            ^-a-b-c-d-|   on_backpressure_latest, request(1) at start and after d
+            ^-a-------d|  (b, c replaced by newer items)
+
+        Demand: unbounded-in: upstream is asked for everything; one item at
+        most waits for downstream demand; a newer one replaces it (the
+        replaced one goes to ``on_dropped``, reason ``"latest"``).
+
+        Cancellation: cancels upstream; a waiting item is dropped (``"cancelled"``).
+
+        Errors: an upstream error follows the waiting item. A raising
+        ``on_dropped`` cancels upstream and fails the stream.
+
+        Example:
+            >>> subscriber = TestSubscriber()
+            >>> Flow.range(5).on_backpressure_latest().subscribe(subscriber)
+            >>> subscriber.request(3); subscriber.items
+            [4]
+        """
+        from .operators import _backpressure
+
+        return _backpressure.on_backpressure_latest(self, on_dropped, meter)
+
+    def on_backpressure_error(self, *, meter: BackpressureMeter | None = None) -> Flow[T_co]:
+        """Fail with ``BufferOverflowError`` when an item arrives that nobody requested.
+
+        ::
+
+            ^-a-b-c-|   on_backpressure_error, request(1)   ^-a-X
+
+        Demand: unbounded-in: upstream is asked for everything; items within
+        downstream demand pass, the first one beyond it ends the stream.
+        Use it to make a missing ``request`` loud in tests and pipelines that
+        must never lose items silently.
+
+        Cancellation: cancels upstream.
+
+        Errors: the overflow cancels upstream; ``BufferOverflowError`` follows
+        any item that downstream requested and has not received yet.
+
+        Example:
+            >>> subscriber = TestSubscriber(1)
+            >>> Flow.range(5).on_backpressure_error().subscribe(subscriber)
+            >>> subscriber.items, type(subscriber.errors[0]).__name__
+            ([0], 'BufferOverflowError')
+        """
+        from .operators import _backpressure
+
+        return _backpressure.on_backpressure_error(self, meter)
+
+    @overload
+    def on_backpressure_reduce(
+        self,
+        fold: Callable[[T_co, T_co], T_co],
+        seed: None = None,
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]: ...
+    @overload
+    def on_backpressure_reduce(
+        self,
+        fold: Callable[[R, T_co], R],
+        seed: Callable[[], R],
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[R]: ...
+    def on_backpressure_reduce(
+        self,
+        fold: Callable[[R, T_co], R],
+        seed: Callable[[], R] | None = None,
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[R]:
+        """While downstream is not asking, fold new items into the one waiting (conflate).
+
+        ::
+
+            ^-1-2-3-4-|   on_backpressure_reduce(+), request(1) at start and after 4
+            ^-1-----9-|   (2, 3, 4 folded into one value: 2+3+4)
+
+        Without ``seed`` an item that finds nothing waiting is the waiting
+        value itself (``T -> T``, like RxJava's ``onBackpressureReduce`` and
+        Akka's ``conflate``). With ``seed`` (a factory, called once per
+        aggregate, so no mutable seed is shared) every item is folded into
+        ``seed()`` or into the waiting aggregate (``T -> R``: counts, lists,
+        statistics; Akka's ``conflateWithSeed``).
+
+        Demand: unbounded-in: upstream is asked for everything; one value at
+        most waits for downstream demand. Each item folded into a waiting
+        value is counted as dropped with reason ``"reduced"``.
+
+        Cancellation: cancels upstream; the waiting value is dropped.
+
+        Errors: an upstream error cuts ahead of the waiting value. A raising
+        ``fold`` (or ``seed``) cancels upstream and fails the stream.
+
+        Example:
+            >>> subscriber = TestSubscriber()
+            >>> Flow.range(1, 5).on_backpressure_reduce(lambda a, b: a + b).subscribe(subscriber)
+            >>> subscriber.request(1); subscriber.items
+            [10]
+        """
+        from .operators import _backpressure
+
+        return _backpressure.on_backpressure_reduce(self, fold, seed, meter)
+
+    def sample(
+        self,
+        period: float,
+        emit_last: bool = True,
+        scheduler: Scheduler | None = None,
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]:
+        """Every ``period`` seconds, deliver the newest item that arrived since the last tick.
+
+        ::
+
+            ^-a-b---c-d-e---|      sample(1s)
+            ^----b-----e----e|     (ticks: |1s|2s|; e again? no: completion emits
+                                    the unsampled last item only if one is pending)
+
+        ``emit_last`` (default true) delivers an item that arrived after the
+        last tick when upstream completes (RxJava's ``emitLast``; Kotlin
+        drops it).
+
+        Demand: unbounded-in: upstream is asked for everything. A tick never
+        fails for lack of demand (Reactor's ``sample`` does): the sampled
+        item waits until downstream asks, and a newer sample replaces it
+        (reason ``"stale"``). Items overwritten between ticks are dropped
+        with reason ``"sampled"``. At most two items are held.
+
+        Cancellation: cancels upstream and the periodic timer.
+
+        Errors: an upstream error cuts ahead of held items.
+
+        Example:
+            >>> vts = VirtualTimeScheduler()
+            >>> source = TestPublisher(strict=False)
+            >>> subscriber = TestSubscriber(10)
+            >>> source.sample(1.0, scheduler=vts).subscribe(subscriber)
+            >>> source.send_next(1, 2); vts.advance_by(1.0); subscriber.items
+            [2]
+        """
+        from .operators import _sampling
+
+        return _sampling.sample(self, period, emit_last, scheduler, meter)
+
+    def throttle_first(
+        self,
+        period: float,
+        scheduler: Scheduler | None = None,
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]:
+        """Deliver an item, then ignore items for ``period`` seconds.
+
+        ::
+
+            ^-a-b-c-----d-e-|   throttle_first(1s)   ^-a---------d---|
+
+        Demand: unbounded-in: upstream is asked for everything. An accepted
+        item waits in a one-item slot for downstream demand (never an error);
+        its window starts when it arrives. Items inside a window are dropped
+        (reason ``"throttled"``), and so are items after the window while the
+        accepted one still waits (``"no_demand"``).
+
+        Cancellation: cancels upstream.
+
+        Errors: an upstream error cuts ahead of the waiting item.
+
+        Example:
+            >>> vts = VirtualTimeScheduler()
+            >>> source = TestPublisher(strict=False)
+            >>> subscriber = TestSubscriber(10)
+            >>> source.throttle_first(1.0, scheduler=vts).subscribe(subscriber)
+            >>> source.send_next(1, 2); vts.advance_by(1.0); source.send_next(3)
+            >>> subscriber.items
+            [1, 3]
+        """
+        from .operators import _sampling
+
+        return _sampling.throttle_first(self, period, scheduler, meter)
+
+    def throttle_latest(
+        self,
+        period: float,
+        scheduler: Scheduler | None = None,
+        *,
+        emit_last: bool = True,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]:
+        """Deliver at once when quiet, then at most one item per ``period``: the newest.
+
+        ::
+
+            ^-a-b-c-----d-|   throttle_latest(1s)   ^-a---c-----d-|
+
+        A window opens when an item is delivered; items arriving in it
+        replace each other (reason ``"throttled"``), and the newest is
+        delivered when the window ends, opening the next one. ``emit_last``
+        (default true) delivers a pending item when upstream completes.
+
+        Demand: unbounded-in: upstream is asked for everything; a due item
+        waits for downstream demand (replaced by newer ones meanwhile), never
+        an error. At most two items are held.
+
+        Cancellation: cancels upstream and the window timer.
+
+        Errors: an upstream error cuts ahead of held items.
+
+        Example:
+            >>> vts = VirtualTimeScheduler()
+            >>> source = TestPublisher(strict=False)
+            >>> subscriber = TestSubscriber(10)
+            >>> source.throttle_latest(1.0, scheduler=vts).subscribe(subscriber)
+            >>> source.send_next(1, 2, 3); vts.advance_by(1.0); subscriber.items
+            [1, 3]
+        """
+        from .operators import _sampling
+
+        return _sampling.throttle_latest(self, period, emit_last, scheduler, meter)
+
+    def debounce(
+        self,
+        period: float,
+        scheduler: Scheduler | None = None,
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]:
+        """Deliver an item only once ``period`` seconds pass without a newer one.
+
+        ::
+
+            ^-a-b------c-|   debounce(1s)   ^-----b-----c|
+
+        Demand: unbounded-in: upstream is asked for everything; a settled
+        item waits for downstream demand (a newer settled item replaces it,
+        reason ``"stale"``), never an error. Superseded items are dropped
+        with reason ``"debounced"``. The last item is delivered at completion.
+
+        Cancellation: cancels upstream and the timer.
+
+        Errors: an upstream error cuts ahead of held items.
+
+        Example:
+            >>> vts = VirtualTimeScheduler()
+            >>> source = TestPublisher(strict=False)
+            >>> subscriber = TestSubscriber(10)
+            >>> source.debounce(1.0, scheduler=vts).subscribe(subscriber)
+            >>> source.send_next(1, 2); vts.advance_by(1.0); subscriber.items
+            [2]
+        """
+        from .operators import _sampling
+
+        return _sampling.debounce(self, period, scheduler, meter)
+
+    def throttle(
+        self,
+        rate: int,
+        per: float,
+        burst: int | None = None,
+        mode: Literal["shape", "enforce"] = "shape",
+        scheduler: Scheduler | None = None,
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]:
+        """Limit the flow to ``rate`` items per ``per`` seconds with a token bucket.
+
+        ::
+
+            ^-abcdef-|   throttle(2, per=1s, burst=2)   ^-ab--cd--ef|  (shape)
+            ^-abcdef-|   throttle(2, 1s, 2, "enforce")  ^-abX          (RateExceededError)
+
+        The bucket holds ``burst`` tokens (default a tenth of ``rate``, at
+        least 1), starts full and refills continuously. ``mode="shape"``
+        (default) delays items until a token is free; ``"enforce"`` fails
+        with ``RateExceededError`` when an item arrives with no token.
+
+        Demand: upstream is asked for ``burst`` items, then for one more per
+        item delivered, so at most ``burst`` items are ever held; downstream
+        demand is honoured as well as the rate.
+
+        Cancellation: cancels upstream and the token timer.
+
+        Errors: ``RateExceededError`` (enforce) cancels upstream; an upstream
+        error cuts ahead of held items.
+
+        Example:
+            >>> vts = VirtualTimeScheduler()
+            >>> subscriber = TestSubscriber(10)
+            >>> Flow.range(4).throttle(1, per=1.0, burst=1, scheduler=vts).subscribe(subscriber)
+            >>> vts.advance_by(2.0); subscriber.items
+            [0, 1, 2]
+        """
+        from .operators import _sampling
+
+        return _sampling.throttle(self, rate, per, burst, mode, scheduler, meter)
+
+    def sample_every(self, n: int, *, meter: BackpressureMeter | None = None) -> Flow[T_co]:
+        """Keep every ``n``-th item (the ``n``-th, ``2n``-th, ...), drop the rest.
+
+        ::
+
+            ^-1-2-3-4-5-6-|   sample_every(3)   ^-----3-----6-|
+
+        Demand: exact: a request for ``k`` asks upstream for ``k * n`` items,
+        which hold exactly ``k`` kept ones. The others are counted as dropped
+        with reason ``"sampled"``. Nothing is held.
+
+        Cancellation: cancels upstream.
+
+        Errors: upstream errors pass through.
+
+        Example:
+            >>> Flow.range(1, 10).sample_every(3).to_list()
+            [3, 6, 9]
+        """
+        from .operators import _sampling
+
+        return _sampling.sample_every(self, n, meter)
+
+    def sample_adaptive(
+        self,
+        base_rate: float,
+        floor_rate: float,
+        load_threshold: float,
+        capacity: int,
+        random: random_module.Random | None = None,
+        *,
+        on_dropped: Callable[[T_co], object] | None = None,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[T_co]:
+        """Buffer up to ``capacity`` items, keeping fewer of them the fuller the buffer gets.
+
+        ::
+
+            load <  threshold: keep base_rate of the items
+            load >= threshold: keep max(floor_rate, base_rate * (1 - excess)),
+                               excess = (load - threshold) / (1 - threshold)
+
+            ^-abcdefgh-|   sample_adaptive(1.0, 0.1, 0.5, 4), slow consumer   ^-a-b-d-h-|
+
+        For logs, traces and metrics: under load a representative share
+        survives instead of the first or last ``capacity`` items.
+        ``random`` is the source of the keep decisions: pass a seeded
+        ``random.Random`` for reproducible runs. ``adaptive_keep_rate`` is
+        the formula, for dashboards.
+
+        Demand: unbounded-in: upstream is asked for everything; kept items
+        wait in a buffer of ``capacity`` for downstream demand. Sampled-out
+        items are dropped with reason ``"sampled"``; a kept item that finds
+        the buffer full with ``"drop_newest"``.
+
+        Cancellation: cancels upstream; buffered items are dropped.
+
+        Errors: an upstream error follows the buffered items.
+
+        Example:
+            >>> import random
+            >>> flow = Flow.range(100).sample_adaptive(1.0, 0.1, 0.5, 10, random.Random(1))
+            >>> subscriber = TestSubscriber()
+            >>> flow.subscribe(subscriber); subscriber.request(100)
+            >>> len(subscriber.items) <= 10
+            True
+        """
+        from .operators import _sampling
+
+        return _sampling.sample_adaptive(
+            self, base_rate, floor_rate, load_threshold, capacity, random, on_dropped, meter
+        )
+
+    def buffer_timeout(
+        self,
+        max_size: int,
+        max_time: float,
+        scheduler: Scheduler | None = None,
+        *,
+        meter: BackpressureMeter | None = None,
+    ) -> Flow[list[T_co]]:
+        """Collect items into lists of at most ``max_size``, each sent within ``max_time``.
+
+        ::
+
+            ^-a-b-c-d-----e-----|   buffer_timeout(3, 2s)   ^-----[a,b,c]--[d]--[e]|
+
+        A batch is due when it holds ``max_size`` items or ``max_time``
+        seconds after its first item; never empty.
+
+        Demand: backpressured (Akka's ``groupedWithin``): a due batch waits
+        for downstream demand instead of failing "for lack of requests"
+        (Reactor's ``bufferTimeout``), and keeps filling up to ``max_size``
+        meanwhile. Upstream is asked for ``max_size`` items, then for as many
+        as each delivered batch held: at most ``max_size`` items are ever
+        held, and a full batch nobody asked for stops upstream.
+
+        Cancellation: cancels upstream and the timer; the batch is dropped.
+
+        Errors: an upstream error cuts ahead of the batch.
+
+        Example:
+            >>> Flow.range(7).buffer_timeout(3, 1.0).to_list()
+            [[0, 1, 2], [3, 4, 5], [6]]
+        """
+        from .operators import _sampling
+
+        return _sampling.buffer_timeout(self, max_size, max_time, scheduler, meter)
 
     # -- sinks --------------------------------------------------------------------------
 

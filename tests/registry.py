@@ -29,7 +29,7 @@ from reactive_bp import (
     SynchronousSink,
 )
 from reactive_bp.abc import Publisher
-from reactive_bp.schedulers import ThreadPoolScheduler
+from reactive_bp.schedulers import ThreadPoolScheduler, VirtualTimeScheduler
 
 Kind = Literal["sync", "thread", "asyncio"]
 INFINITE = UNBOUNDED  # create(INFINITE) must return a publisher that never completes
@@ -240,6 +240,55 @@ def _entries() -> list[PublisherEntry]:
             INFINITE,
             kind="thread",
         ),
+        # -- time, retry and concurrency
+        e(
+            "interval",
+            lambda n: Flow.interval(0.001).take(n),
+            ("interval",),
+            max_elements=50,
+            kind="thread",
+        ),
+        e("timer", lambda n: Flow.timer(0.001).take(n), ("timer",), max_elements=1, kind="thread"),
+        e(
+            "delay",
+            lambda n: Flow.range(n).delay(0.001),
+            ("delay",),
+            max_elements=50,
+            kind="thread",
+        ),
+        e("timeout", lambda n: _numbers(n).timeout(30), ("timeout",), INFINITE, kind="thread"),
+        e("retry", lambda n: _numbers(n).retry(3), ("retry",), INFINITE),
+        e(
+            "map_async",
+            lambda n: _numbers(n).map_async(lambda x: x * 2, max_concurrency=4),
+            ("map_async",),
+            INFINITE,
+            kind="thread",
+        ),
+        # -- backpressure strategies, in configurations that keep every item
+        e(
+            "on_backpressure_buffer",
+            lambda n: Flow.range(n).on_backpressure_buffer(max(n, 1)),
+            ("on_backpressure_buffer",),
+        ),
+        e(
+            "on_backpressure_buffer_unbounded",
+            lambda n: _numbers(n).on_backpressure_buffer_unbounded(),
+            ("on_backpressure_buffer_unbounded",),
+        ),
+        e("sample_every", lambda n: _numbers(n).sample_every(1), ("sample_every",), INFINITE),
+        e(
+            "buffer_timeout",
+            lambda n: Flow.range(3 * n).buffer_timeout(3, 60.0, scheduler=VirtualTimeScheduler()),
+            ("buffer_timeout",),
+        ),
+        e(
+            "throttle",
+            lambda n: Flow.range(n).throttle(
+                10**6, 1.0, burst=10**4, scheduler=VirtualTimeScheduler()
+            ),
+            ("throttle",),
+        ),
     ]
 
 
@@ -261,3 +310,20 @@ EXEMPT: dict[str, str] = {
     "error": "emits no items: it is the failed publisher of every verification",
     "never": "never completes and emits nothing: covered by test_sources.py",
 }
+_LOSSY = "drops by design: tests/test_operator_demand.py and its virtual-time tests check it"
+EXEMPT.update(
+    dict.fromkeys(
+        [
+            "on_backpressure_drop",
+            "on_backpressure_latest",
+            "on_backpressure_error",
+            "on_backpressure_reduce",
+            "sample",
+            "sample_adaptive",
+            "throttle_first",
+            "throttle_latest",
+            "debounce",
+        ],
+        _LOSSY,
+    )
+)

@@ -32,6 +32,7 @@ __all__ = [
     "OfferResult",
     "OverflowStrategy",
     "PushBuffer",
+    "WaterMarks",
 ]
 
 T = TypeVar("T")
@@ -102,6 +103,23 @@ class BufferStats:
         self.backpressured_seconds = 0.0
         self._backpressured_since: float | None = None
 
+    def pressure_started(self, now: float) -> None:
+        """Start timing a backpressured spell at ``now`` (no-op if one is running)."""
+        if self._backpressured_since is None:
+            self._backpressured_since = now
+
+    def pressure_ended(self, now: float) -> None:
+        """End the running backpressured spell at ``now`` and add it up."""
+        since = self._backpressured_since
+        if since is not None:
+            self.backpressured_seconds += max(0.0, now - since)
+            self._backpressured_since = None
+
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` dropped items under ``reason`` (for operators that keep these stats)."""
+        self.dropped += n
+        self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + n
+
     def snapshot(self) -> dict[str, object]:
         """A plain dict of the counters (for logs and exporters)."""
         return {
@@ -117,6 +135,87 @@ class BufferStats:
 
     def __repr__(self) -> str:
         return f"BufferStats({self.snapshot()})"
+
+
+class WaterMarks:
+    """Hysteresis on a buffer's depth: pressured from ``high`` until back down to ``low``.
+
+    A buffer that has these marks calls ``observe(depth)`` whenever its depth
+    changes. ``pressured`` turns true when the depth reaches ``high`` and false
+    again only when it falls to ``low``, so a producer or an autoscaler that
+    watches it (``add_listener``) sees one signal per spell, not one per item
+    (Node's ``write() -> false`` / ``'drain'``, with a gap between the two).
+    The signal is advisory: the buffer's capacity and overflow strategy still
+    decide what happens to items.
+
+    Listeners run on the thread whose offer or delivery crossed a mark, in
+    order (transitions are serialized by an internal lock); one that raises is
+    reported to the undeliverable hook. One ``WaterMarks`` watches one buffer
+    at a time: a flow subscribed twice shares it (the last depth observed wins).
+
+    Example:
+        >>> marks = WaterMarks(high=8, low=2)
+        >>> seen = []
+        >>> marks.add_listener(seen.append)
+        >>> for depth in (3, 8, 9, 5, 3, 2, 7):
+        ...     marks.observe(depth)
+        >>> seen, marks.pressured, marks.transitions
+        ([True, False], False, 2)
+    """
+
+    __slots__ = ("_listeners", "_lock", "depth", "high", "low", "pressured", "transitions")
+
+    def __init__(
+        self, high: int, low: int, on_change: Callable[[bool], object] | None = None
+    ) -> None:
+        if type(high) is not int or type(low) is not int or not 0 <= low < high:
+            raise ValueError(f"water marks need ints with 0 <= low < high, got {low=}, {high=}")
+        self.high = high
+        self.low = low
+        self.pressured = False
+        """Whether the buffer is between reaching ``high`` and falling back to ``low``."""
+        self.transitions = 0
+        """How many times ``pressured`` changed."""
+        self.depth = 0
+        """The last depth observed."""
+        self._lock = threading.RLock()  # serializes transitions and listener calls
+        self._listeners: list[Callable[[bool], object]] = []
+        if on_change is not None:
+            self._listeners.append(on_change)
+
+    def add_listener(self, listener: Callable[[bool], object]) -> None:
+        """Call ``listener(pressured)`` on every transition."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[bool], object]) -> None:
+        """Stop calling ``listener`` (no error if it was not added)."""
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def observe(self, depth: int) -> None:
+        """Record the buffer's ``depth``; notify listeners if a mark was crossed."""
+        with self._lock:
+            self.depth = depth
+            if self.pressured:
+                if depth > self.low:
+                    return
+                self.pressured = False
+            else:
+                if depth < self.high:
+                    return
+                self.pressured = True
+            self.transitions += 1
+            state = self.pressured
+            for listener in list(self._listeners):
+                try:
+                    listener(state)
+                except Exception as error:
+                    report_undeliverable(error, f"{self!r} listener")
+
+    def __repr__(self) -> str:
+        return f"WaterMarks(high={self.high}, low={self.low}, pressured={self.pressured})"
 
 
 _OVERFLOW_REASON = {
@@ -141,6 +240,7 @@ class PushBuffer(Generic[T]):
         "_callback_thread",
         "_cancel_callbacks",
         "_capacity",
+        "_clock",
         "_cond",
         "_done",
         "_drain_thread",
@@ -153,10 +253,13 @@ class PushBuffer(Generic[T]):
         "_queue",
         "_request_callbacks",
         "_requested",
+        "_stamps",
         "_stopped",
+        "_ttl",
         "error_ahead",
         "name",
         "stats",
+        "water_marks",
     )
 
     def __init__(
@@ -168,13 +271,31 @@ class PushBuffer(Generic[T]):
         *,
         name: str = "buffer",
         error_ahead: bool = False,
+        zero_capacity: bool = False,
+        ttl: float | None = None,
+        clock: Callable[[], float] | None = None,
+        water_marks: WaterMarks | None = None,
     ) -> None:
+        """Create the buffer.
+
+        The keyword-only options are for the ``on_backpressure_*`` operators:
+        ``zero_capacity`` allows ``capacity=0`` with ``DROP_NEWEST`` or
+        ``ERROR`` (hold nothing beyond demand); ``ttl`` drops items that have
+        waited ``ttl`` seconds on ``clock`` (default ``time.monotonic``) with
+        reason ``"ttl"``, whenever the buffer is offered to, drained or
+        ``expire()`` is called; ``water_marks`` observes every depth change.
+        """
         if not isinstance(overflow, OverflowStrategy):
             raise TypeError(f"overflow must be an OverflowStrategy, got {overflow!r}")
+        smallest = 0 if zero_capacity else 1
+        if zero_capacity and overflow not in (OverflowStrategy.DROP_NEWEST, OverflowStrategy.ERROR):
+            raise ValueError(f"zero_capacity needs DROP_NEWEST or ERROR, got {overflow}")
         if overflow is not OverflowStrategy.UNBOUNDED_BUFFER and (
-            type(capacity) is not int or capacity <= 0
+            type(capacity) is not int or capacity < smallest
         ):
             raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        if ttl is not None and (isinstance(ttl, bool) or not ttl > 0):
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
         self._actual: Subscriber[T] | None = actual
         self._capacity = UNBOUNDED if overflow is OverflowStrategy.UNBOUNDED_BUFFER else capacity
         self._overflow = overflow
@@ -197,6 +318,12 @@ class PushBuffer(Generic[T]):
         self._request_callbacks: list[Callable[[int], object]] = []
         self._cancel_callbacks: list[Callable[[], object]] = []
         self.stats = BufferStats(None if self._capacity == UNBOUNDED else capacity)
+        self._ttl = ttl
+        self._clock: Callable[[], float] = time.monotonic if clock is None else clock
+        # Guarded by _lock: when each queued item was enqueued (only with a ttl).
+        # Invariant: len(_stamps) == len(_queue), position by position.
+        self._stamps: deque[float] | None = None if ttl is None else deque()
+        self.water_marks = water_marks
 
     def attach(self, actual: Subscriber[T]) -> None:
         """Give the buffer its subscriber (for a buffer created before anyone subscribed)."""
@@ -256,6 +383,8 @@ class PushBuffer(Generic[T]):
         self._report_dropped(dropped)
         if result is OfferResult.ENQUEUED or result is OfferResult.FAILED:
             self._drain()
+        if self.water_marks is not None:
+            self.water_marks.observe(len(self._queue))
         return result
 
     def _offer_locked(self, item: T, dropped: list[T]) -> OfferResult:
@@ -263,6 +392,9 @@ class PushBuffer(Generic[T]):
             return OfferResult.CLOSED
         queue = self._queue
         stats = self.stats
+        stamps = self._stamps
+        if stamps is not None:
+            self._expire_locked(dropped)  # expired items make room first
         stats.produced += 1
         if len(queue) >= self._capacity and len(queue) >= self._requested:
             overflow = self._overflow
@@ -276,8 +408,12 @@ class PushBuffer(Generic[T]):
                 return OfferResult.DROPPED
             if overflow is OverflowStrategy.DROP_OLDEST:
                 self._count_drop(queue.popleft(), "drop_oldest", dropped)
+                if stamps is not None:
+                    stamps.popleft()
             elif overflow is OverflowStrategy.LATEST:
                 self._count_drop(queue.pop(), "latest", dropped)
+                if stamps is not None:
+                    stamps.pop()
             else:  # ERROR
                 self._count_drop(item, "overflow_error", dropped)
                 self._done = True
@@ -289,9 +425,13 @@ class PushBuffer(Generic[T]):
                     for queued in queue:
                         self._count_drop(queued, "overflow_error", dropped)
                     queue.clear()
+                    if stamps is not None:
+                        stamps.clear()
                 stats.depth = len(queue)
                 return OfferResult.FAILED
         queue.append(item)
+        if stamps is not None:
+            stamps.append(self._clock())
         depth = len(queue)
         stats.depth = depth
         if depth > stats.peak_depth:
@@ -313,6 +453,53 @@ class PushBuffer(Generic[T]):
                 on_dropped(item)
             except Exception as error:
                 report_undeliverable(error, f"{self.name} on_dropped callback")
+
+    def _expire_locked(self, dropped: list[T]) -> None:
+        stamps = self._stamps
+        if not stamps or self._ttl is None:
+            return
+        deadline = self._clock() - self._ttl
+        queue = self._queue
+        while stamps and stamps[0] <= deadline:
+            stamps.popleft()
+            self._count_drop(queue.popleft(), "ttl", dropped)
+        self.stats.depth = len(queue)
+
+    def expire(self) -> int:
+        """Drop (reason ``"ttl"``) every item older than the ttl; return how many."""
+        dropped: list[T] = []
+        with self._lock:
+            self._expire_locked(dropped)
+            if dropped:
+                self._wake_producers_locked()
+        self._report_dropped(dropped)
+        if dropped:
+            if self.water_marks is not None:
+                self.water_marks.observe(len(self._queue))
+            self._drain()  # a completed buffer may now be empty: signal completion
+        return len(dropped)
+
+    @property
+    def next_expiry(self) -> float | None:
+        """When (on the buffer's clock) the oldest item expires; ``None`` if none can."""
+        with self._lock:
+            if not self._stamps or self._ttl is None:
+                return None
+            return self._stamps[0] + self._ttl
+
+    def discard(self, item: T, reason: str) -> None:
+        """Count ``item`` as produced and dropped for ``reason`` without queueing it.
+
+        For operators that decide to drop before offering (sampling): the
+        accounting invariant still holds and ``on_dropped`` still sees it.
+        """
+        dropped: list[T] = []
+        with self._lock:
+            if self._done or self._stopped:
+                return
+            self.stats.produced += 1
+            self._count_drop(item, reason, dropped)
+        self._report_dropped(dropped)
 
     def offer_blocking(self, item: T, timeout: float | None = None) -> OfferResult:
         """Offer, waiting for room while the buffer is full (the WAIT strategy, threads).
@@ -393,8 +580,12 @@ class PushBuffer(Generic[T]):
                 while self._queue:
                     self._count_drop(self._queue.popleft(), "error_ahead", dropped)
                 self.stats.depth = 0
+                if self._stamps is not None:
+                    self._stamps.clear()
         self._report_dropped(dropped)
         self._drain()
+        if self.water_marks is not None:
+            self.water_marks.observe(len(self._queue))
 
     # -- the subscriber's side ----------------------------------------------------------------
 
@@ -409,6 +600,8 @@ class PushBuffer(Generic[T]):
                 while self._queue:
                     self._count_drop(self._queue.popleft(), "cancelled", dropped)
                 self.stats.depth = 0
+                if self._stamps is not None:
+                    self._stamps.clear()
                 self._done = True
                 self._error = error
                 self._requested = 0
@@ -443,11 +636,15 @@ class PushBuffer(Generic[T]):
             while self._queue:
                 self._count_drop(self._queue.popleft(), "cancelled", dropped)
             self.stats.depth = 0
+            if self._stamps is not None:
+                self._stamps.clear()
             self._wake_producers_locked()
             if not self._draining:
                 self._actual = None
         self._report_dropped(dropped)
         self._run_cancel_callbacks()
+        if self.water_marks is not None:
+            self.water_marks.observe(0)
 
     def _run_cancel_callbacks(self) -> None:
         callbacks, self._cancel_callbacks = self._cancel_callbacks, []
@@ -479,14 +676,20 @@ class PushBuffer(Generic[T]):
         lock = self._lock
         stats = self.stats
         while True:
+            expired: list[T] = []
             with lock:
                 self._missed = False
                 if self._stopped:
                     self._actual = None
                     self._draining = False
                     return
+                if self._stamps is not None:
+                    self._expire_locked(expired)  # never deliver an expired item
                 n = min(self._requested, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(n)]
+                if self._stamps is not None:
+                    for _ in range(n):
+                        self._stamps.popleft()
                 if n:
                     self._requested = produced(self._requested, n)
                     stats.delivered += n
@@ -497,6 +700,10 @@ class PushBuffer(Generic[T]):
                         stats._backpressured_since = None
                 terminal = self._done and not self._queue
                 error = self._error
+            if expired:
+                self._report_dropped(expired)
+            if self.water_marks is not None and (n or expired):
+                self.water_marks.observe(len(self._queue))
             for item in batch:
                 if self._stopped:
                     break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reactive_bp import Flow
-from reactive_bp.schedulers import ImmediateScheduler
+from reactive_bp.schedulers import ImmediateScheduler, TrampolineScheduler, VirtualTimeScheduler
 from reactive_bp.testing import TestPublisher, TestSubscriber
 from tests.scenarios import SCENARIOS, OperatorCase, boom, could_continue, same_items
 
@@ -170,6 +171,110 @@ CASES: list[OperatorCase] = [
         "map_filter_chain",
         lambda f: f.map(lambda x: x + 1).filter(lambda x: x % 2 == 0).map(str),
         lambda xs: [str(x + 1) for x in xs if (x + 1) % 2 == 0],
+    ),
+    # Time, retry and concurrency operators where no clock has to move (the
+    # time-driven scenarios are in test_time.py, on a virtual clock).
+    OperatorCase(
+        "timeout_not_reached",
+        lambda f: f.timeout(60.0, scheduler=VirtualTimeScheduler()),
+        lambda xs: list(xs),
+    ),
+    OperatorCase(
+        "timeout_with_fallback_not_reached",
+        lambda f: f.timeout(60.0, Flow.just(-1), scheduler=VirtualTimeScheduler()),
+        lambda xs: list(xs),
+    ),
+    # retry_on=KeyError: the matrix's Boom passes through, the source is subscribed once.
+    OperatorCase(
+        "retry_without_errors", lambda f: f.retry(3, retry_on=KeyError), lambda xs: list(xs)
+    ),
+    OperatorCase(
+        "map_async_immediate",
+        lambda f: f.map_async(lambda x: x * 5, 3, scheduler=ImmediateScheduler()),
+        lambda xs: [x * 5 for x in xs],
+        lambda f: f.map_async(boom, 3, scheduler=ImmediateScheduler()),
+    ),
+    OperatorCase(
+        "map_async_unordered_trampoline",
+        lambda f: f.map_async(lambda x: -x, 2, ordered=False, scheduler=TrampolineScheduler()),
+        lambda xs: [-x for x in xs],
+        lambda f: f.map_async(boom, 2, ordered=False, scheduler=TrampolineScheduler()),
+        ordered=False,
+    ),
+    # Backpressure strategies. Lossless settings run directly; the lossy ones
+    # run with an unbounded buffer after them (so what they keep does not depend
+    # on the scenario's demand) -- their losses are tested in test_backpressure.py
+    # and test_sampling.py.
+    OperatorCase("on_backpressure_buffer", lambda f: f.on_backpressure_buffer(32), list),
+    OperatorCase(
+        "on_backpressure_buffer_ttl",
+        lambda f: f.on_backpressure_buffer(32, ttl=60.0, scheduler=VirtualTimeScheduler()),
+        list,
+    ),
+    OperatorCase(
+        "on_backpressure_buffer_unbounded", lambda f: f.on_backpressure_buffer_unbounded(), list
+    ),
+    OperatorCase(
+        "on_backpressure_drop",
+        lambda f: f.on_backpressure_drop().on_backpressure_buffer_unbounded(),
+        list,
+    ),
+    OperatorCase(
+        "on_backpressure_latest",
+        lambda f: f.on_backpressure_latest().on_backpressure_buffer_unbounded(),
+        list,
+    ),
+    OperatorCase(
+        "on_backpressure_error",
+        lambda f: f.on_backpressure_error().on_backpressure_buffer_unbounded(),
+        list,
+    ),
+    OperatorCase(
+        "on_backpressure_reduce",
+        lambda f: (
+            f.map(lambda x: [x])
+            .on_backpressure_reduce(lambda a, b: a + b)
+            .concat_map(Flow.from_iterable)
+        ),
+        list,
+    ),
+    OperatorCase(
+        "sample",
+        lambda f: f.sample(
+            1.0, scheduler=VirtualTimeScheduler()
+        ).on_backpressure_buffer_unbounded(),
+        lambda xs: xs[-1:],
+    ),
+    OperatorCase(
+        "throttle_first",
+        lambda f: f.throttle_first(1.0, VirtualTimeScheduler()).on_backpressure_buffer_unbounded(),
+        lambda xs: xs[:1],
+    ),
+    OperatorCase(
+        "throttle_latest",
+        lambda f: f.throttle_latest(1.0, VirtualTimeScheduler()).on_backpressure_buffer_unbounded(),
+        lambda xs: [xs[0], xs[-1]],
+    ),
+    OperatorCase(
+        "debounce",
+        lambda f: f.debounce(1.0, VirtualTimeScheduler()).on_backpressure_buffer_unbounded(),
+        lambda xs: xs[-1:],
+    ),
+    OperatorCase(
+        "throttle_shape",
+        lambda f: f.throttle(1000, per=1.0, burst=64, scheduler=VirtualTimeScheduler()),
+        list,
+    ),
+    OperatorCase(
+        "buffer_timeout",
+        lambda f: f.buffer_timeout(5, 1.0, VirtualTimeScheduler()),
+        lambda xs: _chunks(xs, 5),
+    ),
+    OperatorCase("sample_every", lambda f: f.sample_every(3), lambda xs: xs[2::3]),
+    OperatorCase(
+        "sample_adaptive",
+        lambda f: f.sample_adaptive(1.0, 0.1, 0.5, 64, random.Random(0)),
+        list,
     ),
 ]
 

@@ -1,0 +1,708 @@
+"""Backpressure strategies: what to do with items that arrive while downstream is not asking.
+
+Two mechanisms, shared by every strategy operator:
+
+* ``_BufferSubscriber`` puts a ``PushBuffer`` between an upstream that is
+  asked for everything (``request(UNBOUNDED)``, "unbounded-in", like Reactor
+  and RxJava's ``onBackpressure*``) and the downstream subscriber. The buffer's
+  ``OverflowStrategy`` decides; it counts every item (produced == delivered +
+  dropped + depth, at every moment) and hands every dropped item, the one
+  that actually left, to ``on_dropped``. ``on_backpressure_buffer``,
+  ``_unbounded``, ``_drop``, ``_latest``, ``_error`` and ``sample_adaptive``
+  are this class with different buffer settings.
+* ``StrategySubscriber`` is a ``QueueDrain`` (the package's demand / drain /
+  terminal machinery) that holds a few items under its own policy: a pending
+  fold (``on_backpressure_reduce``), the newest item (``sample``,
+  ``debounce``, ``throttle_*``), a batch (``buffer_timeout``) or a queue
+  waiting for tokens (``throttle``). Policy state is guarded by ``_state``;
+  items reach downstream only from the drain loop, against demand, so none of
+  these operators ever fails for "lack of requests".
+
+Both keep a ``BufferStats`` per subscription; pass ``meter=`` to read it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Generic, TypeVar, final
+
+from typing_extensions import override
+
+from .._core._arbiter import cancel_quietly
+from .._core._demand import UNBOUNDED
+from .._core._hooks import ProtocolViolationError, report_undeliverable
+from .._core._operator import CANCELLED
+from .._core._push import BufferStats, OfferResult, OverflowStrategy, PushBuffer, WaterMarks
+from .._core._queue_drain import QueueDrain
+from ..schedulers import ImmediateScheduler
+from ..schedulers._base import check_delay
+from ._lift import LiftFlow
+
+if TYPE_CHECKING:
+    from .._flow import Flow
+    from ..abc import Subscriber, Subscription
+    from ..metrics import BackpressureMeter
+    from ..schedulers import Cancellable, Scheduler
+
+__all__ = [
+    "StrategySubscriber",
+    "default_scheduler",
+    "on_backpressure_buffer",
+    "on_backpressure_buffer_unbounded",
+    "on_backpressure_drop",
+    "on_backpressure_error",
+    "on_backpressure_latest",
+    "on_backpressure_reduce",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_DEFAULT_SCHEDULER = ImmediateScheduler()
+
+
+def default_scheduler(scheduler: Scheduler | None) -> Scheduler:
+    """The scheduler a time-based strategy uses when none is given.
+
+    ``ImmediateScheduler``: delayed actions run on reactive_bp's shared timer
+    thread, which exists only while something is scheduled.
+    """
+    return _DEFAULT_SCHEDULER if scheduler is None else scheduler
+
+
+# -- PushBuffer-based strategies ---------------------------------------------------------------
+
+
+class _BufferSpec(Generic[T]):
+    """The per-operator settings a ``_BufferSubscriber`` builds its buffer from."""
+
+    __slots__ = (
+        "capacity",
+        "error_ahead",
+        "meter",
+        "name",
+        "on_dropped",
+        "overflow",
+        "scheduler",
+        "ttl",
+        "water_marks",
+        "zero_capacity",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        capacity: int,
+        overflow: OverflowStrategy,
+        on_dropped: Callable[[T], object] | None = None,
+        *,
+        error_ahead: bool = False,
+        zero_capacity: bool = False,
+        ttl: float | None = None,
+        scheduler: Scheduler | None = None,
+        water_marks: WaterMarks | None = None,
+        meter: BackpressureMeter | None = None,
+    ) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.overflow = overflow
+        self.on_dropped = on_dropped
+        self.error_ahead = error_ahead
+        self.zero_capacity = zero_capacity
+        self.ttl = None if ttl is None else check_delay("ttl", ttl, positive=True)
+        self.scheduler = default_scheduler(scheduler)
+        self.water_marks = water_marks
+        self.meter = meter
+        self.build()  # validate now: a bad argument is the caller's error, not the stream's
+
+    def build(self, on_dropped: Callable[[T], object] | None = None) -> PushBuffer[T]:
+        return PushBuffer(
+            None,
+            self.capacity,
+            self.overflow,
+            on_dropped,
+            name=self.name,
+            error_ahead=self.error_ahead,
+            zero_capacity=self.zero_capacity,
+            ttl=self.ttl,
+            clock=self.scheduler.now,
+            water_marks=self.water_marks,
+        )
+
+
+class _BufferSubscriber(Generic[T]):
+    """Upstream's subscriber: requests everything and offers each item into a ``PushBuffer``.
+
+    Demand: ``request(UNBOUNDED)`` upstream once downstream has its
+    subscription; downstream demand is the buffer's (Rules 3.8, 3.9, 3.17).
+
+    Cancellation: the buffer drops (and counts) what it holds and cancels
+    upstream through its ``on_cancel`` callback; a Rule 3.9 request does too.
+
+    Errors: an upstream error follows the buffered items (``error_ahead``:
+    ahead of them). An ``ERROR`` overflow cancels upstream at once; the
+    buffer delivers ``BufferOverflowError`` after the items it holds. A
+    raising ``on_dropped`` cancels upstream and fails the stream ahead of
+    the buffered items (the callback is not called again).
+    """
+
+    __slots__ = (
+        "_actual",
+        "_buffer",
+        "_failed",
+        "_on_dropped",
+        "_scheduler",
+        "_timer",
+        "_timer_lock",
+        "_upstream",
+    )
+
+    def __init__(self, actual: Subscriber[T], spec: _BufferSpec[T]) -> None:
+        self._on_dropped = spec.on_dropped
+        self._failed = False
+        callback = None if spec.on_dropped is None else self._dropped
+        self._buffer: PushBuffer[T] = spec.build(callback)
+        self._actual = actual  # attached to the buffer in on_subscribe
+        if spec.meter is not None:
+            spec.meter.attach(self._buffer.stats)
+        # Invariant: CANCELLED until on_subscribe; the one upstream after.
+        self._upstream: Subscription = CANCELLED
+        self._scheduler = spec.scheduler
+        self._timer_lock = threading.Lock()
+        # Guarded by _timer_lock: the pending ttl sweep, if any.
+        self._timer: Cancellable | None = None
+
+    @property
+    def stats(self) -> BufferStats:
+        """This subscription's counters."""
+        return self._buffer.stats
+
+    @final
+    def on_subscribe(self, subscription: Subscription) -> None:
+        """Hand the buffer downstream (Rule 1.9), then ask upstream for everything."""
+        if subscription is None:
+            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
+        if self._upstream is not CANCELLED:
+            cancel_quietly(subscription)  # Rule 2.5
+            report_undeliverable(
+                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
+                self._buffer.name,
+            )
+            return
+        self._upstream = subscription
+        self._buffer.on_cancel(self._cancel_upstream)
+        self._buffer.attach(self._actual)
+        if not self._buffer.is_closed:
+            subscription.request(UNBOUNDED)
+
+    def on_next(self, item: T) -> None:
+        """Offer ``item``; an ``ERROR`` overflow cancels upstream."""
+        result = self._buffer.offer(item)  # raises TypeError for None (Rule 2.13)
+        if result is OfferResult.FAILED:
+            self._cancel_upstream()
+        elif result is OfferResult.ENQUEUED and self._buffer._ttl is not None:
+            self._arm_ttl()
+
+    def on_error(self, error: Exception) -> None:
+        """Fail the buffer (after its items, or ahead of them with ``error_ahead``)."""
+        if error is None:
+            raise TypeError("Rule 2.13: on_error(None) is not allowed")
+        self._buffer.error(error)
+
+    def on_complete(self) -> None:
+        """Complete once the buffered items are delivered."""
+        self._buffer.complete()
+
+    def _cancel_upstream(self) -> None:
+        cancel_quietly(self._upstream)
+        with self._timer_lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _dropped(self, item: T) -> None:
+        on_dropped = self._on_dropped
+        if self._failed or on_dropped is None:
+            return
+        try:
+            on_dropped(item)
+        except Exception as fault:
+            self._failed = True
+            self._cancel_upstream()
+            self._buffer.error_ahead = True
+            self._buffer.error(fault)
+
+    def _arm_ttl(self) -> None:
+        """Keep one sweep scheduled for when the oldest item expires."""
+        buffer = self._buffer
+        with self._timer_lock:
+            if self._timer is not None or buffer.is_cancelled:
+                return
+            expiry = buffer.next_expiry
+            if expiry is None:
+                return
+            delay = max(0.0, expiry - self._scheduler.now())
+            self._timer = self._scheduler.schedule_after(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        with self._timer_lock:
+            self._timer = None
+        self._buffer.expire()
+        self._arm_ttl()
+
+    def __repr__(self) -> str:
+        return f"<{self._buffer.name} {self._buffer.stats.snapshot()}>"
+
+
+def _buffer_flow(source: Flow[T], spec: _BufferSpec[T]) -> Flow[T]:
+    return LiftFlow(source, partial(_BufferSubscriber, spec=spec), spec.name)
+
+
+def on_backpressure_buffer(
+    source: Flow[T],
+    capacity: int,
+    overflow: OverflowStrategy,
+    on_dropped: Callable[[T], object] | None,
+    ttl: float | None,
+    scheduler: Scheduler | None,
+    error_ahead: bool,
+    water_marks: WaterMarks | None,
+    meter: BackpressureMeter | None,
+) -> Flow[T]:
+    """See :meth:`Flow.on_backpressure_buffer`."""
+    if overflow is OverflowStrategy.UNBOUNDED_BUFFER:
+        raise ValueError(
+            "on_backpressure_buffer is bounded: use on_backpressure_buffer_unbounded() "
+            "for a buffer without a limit"
+        )
+    if overflow is OverflowStrategy.WAIT:
+        raise ValueError(
+            "an operator holds its upstream back with demand, not by waiting: use "
+            "limit_rate(capacity) for a bounded prefetch, or choose a dropping strategy"
+        )
+    if type(capacity) is not int or capacity < 1:
+        raise ValueError(f"on_backpressure_buffer: capacity must be an int >= 1, got {capacity!r}")
+    if ttl is None and scheduler is not None:
+        raise ValueError("on_backpressure_buffer: scheduler is only used with a ttl")
+    spec = _BufferSpec(
+        "on_backpressure_buffer",
+        capacity,
+        overflow,
+        on_dropped,
+        error_ahead=error_ahead,
+        ttl=ttl,
+        scheduler=scheduler,
+        water_marks=water_marks,
+        meter=meter,
+    )
+    return _buffer_flow(source, spec)
+
+
+def on_backpressure_buffer_unbounded(
+    source: Flow[T], water_marks: WaterMarks | None, meter: BackpressureMeter | None
+) -> Flow[T]:
+    """See :meth:`Flow.on_backpressure_buffer_unbounded`."""
+    spec: _BufferSpec[T] = _BufferSpec(
+        "on_backpressure_buffer_unbounded",
+        0,
+        OverflowStrategy.UNBOUNDED_BUFFER,
+        water_marks=water_marks,
+        meter=meter,
+    )
+    return _buffer_flow(source, spec)
+
+
+def on_backpressure_drop(
+    source: Flow[T], on_dropped: Callable[[T], object] | None, meter: BackpressureMeter | None
+) -> Flow[T]:
+    """See :meth:`Flow.on_backpressure_drop`."""
+    spec = _BufferSpec(
+        "on_backpressure_drop",
+        0,
+        OverflowStrategy.DROP_NEWEST,
+        on_dropped,
+        zero_capacity=True,
+        meter=meter,
+    )
+    return _buffer_flow(source, spec)
+
+
+def on_backpressure_latest(
+    source: Flow[T], on_dropped: Callable[[T], object] | None, meter: BackpressureMeter | None
+) -> Flow[T]:
+    """See :meth:`Flow.on_backpressure_latest`."""
+    spec = _BufferSpec(
+        "on_backpressure_latest", 1, OverflowStrategy.LATEST, on_dropped, meter=meter
+    )
+    return _buffer_flow(source, spec)
+
+
+def on_backpressure_error(source: Flow[T], meter: BackpressureMeter | None) -> Flow[T]:
+    """See :meth:`Flow.on_backpressure_error`."""
+    spec: _BufferSpec[T] = _BufferSpec(
+        "on_backpressure_error", 0, OverflowStrategy.ERROR, zero_capacity=True, meter=meter
+    )
+    return _buffer_flow(source, spec)
+
+
+# -- QueueDrain-based strategies ----------------------------------------------------------------
+
+
+class StrategySubscriber(QueueDrain[R], Generic[T, R]):
+    """A single-upstream operator that holds a few items under its own policy.
+
+    Subclasses write the policy; this class owns the Subscriber side, the
+    held items (``_ready``), the stats and the timers:
+
+    * ``hook_start()``: the initial upstream request (default: unbounded)
+      and timers.
+    * ``hook_item(item)``: an upstream item arrived. Count it
+      (``stats.produced``), update the policy under ``_state`` and put what
+      may be delivered into ``_ready`` with ``_push_ready_locked``.
+    * ``hook_upstream_complete()``: upstream completed; release what should
+      still be delivered (under ``_state``).
+    * ``_take_locked()`` / ``_idle_locked()``: what the drain loop delivers
+      next, and whether nothing more will ever be delivered (defaults: the
+      ``_ready`` queue).
+    * ``hook_emitted(count)``: ``count`` items went downstream (outside any lock).
+
+    Demand: items leave only through the drain loop, at most as many as
+    downstream requested (Rule 1.1); ``request`` and ``cancel`` are
+    ``QueueDrain``'s (Rules 3.3, 3.6, 3.9, 3.13).
+
+    Cancellation: cancels upstream and every timer; held items are counted
+    as dropped (reason ``"cancelled"``).
+
+    Errors: an upstream error cuts ahead: held items are counted as dropped
+    (reason ``"error"``). A raising hook or user function cancels upstream
+    and becomes ``on_error``.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_ready",
+        "_state",
+        "_timers",
+        "_upstream",
+        "_upstream_done",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        actual: Subscriber[R],
+        capacity: int | None,
+        meter: BackpressureMeter | None,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(actual)
+        # Guards the policy state of subclasses, _ready and _timers. Reentrant:
+        # a timer's action may run on the thread that schedules it.
+        self._state = threading.RLock()
+        # Items due for delivery, oldest first, each with how many upstream
+        # items it stands for (a batch stands for its length).
+        self._ready: deque[tuple[R, int]] = deque()
+        self._timers: set[Cancellable] = set()
+        self._clock = clock
+        # Invariant: CANCELLED until on_subscribe.
+        self._upstream: Subscription = CANCELLED
+        # Set once, after the last item was handled.
+        self._upstream_done = False
+        self.stats = BufferStats(capacity)
+        if meter is not None:
+            meter.attach(self.stats)
+
+    # -- Subscriber --------------------------------------------------------------------
+
+    @final
+    def on_subscribe(self, subscription: Subscription) -> None:
+        """Accept the upstream, hand ``self`` downstream, then ``hook_start`` (Rule 1.9)."""
+        if subscription is None:
+            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
+        if self._upstream is not CANCELLED:
+            cancel_quietly(subscription)  # Rule 2.5
+            report_undeliverable(
+                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
+                repr(self),
+            )
+            return
+        self._upstream = subscription
+        actual = self._actual
+        if actual is None:  # pragma: no cover - cannot be released before on_subscribe
+            cancel_quietly(subscription)
+            return
+        try:
+            actual.on_subscribe(self)
+            if not self._halted:
+                self.hook_start()
+        except Exception as fault:  # Rule 2.13
+            self._fail(fault)
+
+    @final
+    def on_next(self, item: T) -> None:
+        """Apply the policy to ``item``, then drain."""
+        if item is None:
+            raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
+        if self._halted or self._upstream_done:
+            return  # Rule 2.8
+        try:
+            self.hook_item(item)
+        except Exception as fault:
+            self._fail(fault)
+            return
+        self._schedule()
+
+    @final
+    def on_error(self, error: Exception) -> None:
+        """Fail downstream ahead of the held items."""
+        if error is None:
+            raise TypeError("Rule 2.13: on_error(None) is not allowed")
+        if self._upstream_done:
+            report_undeliverable(error, f"{self!r} after upstream terminal (Rule 1.7)")
+            return
+        self._upstream_done = True
+        self._signal_error(error)
+
+    @final
+    def on_complete(self) -> None:
+        """Release what the policy still owes downstream; complete after it."""
+        if self._upstream_done:
+            return
+        try:
+            with self._state:
+                self._upstream_done = True
+                self.hook_upstream_complete()
+        except Exception as fault:
+            self._fail(fault)
+            return
+        self._schedule()
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def hook_start(self) -> None:
+        """Make the initial upstream request (default: everything) and start timers."""
+        self._upstream.request(UNBOUNDED)
+
+    def hook_item(self, item: T) -> None:
+        """Handle one upstream item."""
+        raise NotImplementedError
+
+    def hook_upstream_complete(self) -> None:
+        """Upstream completed (called under ``_state``)."""
+
+    def hook_emitted(self, count: int) -> None:
+        """``count`` items were delivered in this pass (called outside locks)."""
+
+    def _take_locked(self, budget: int) -> tuple[R, int] | None:
+        """The next item to deliver (``budget`` more are allowed now), or ``None``."""
+        return self._ready.popleft() if self._ready else None
+
+    def _idle_locked(self) -> bool:
+        """Whether nothing is held that could still be delivered."""
+        return not self._ready
+
+    def _budget_locked(self, wanted: int) -> int:
+        """How many of the ``wanted`` (still requested) items may go now; throttling lowers it."""
+        return wanted
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def request_upstream(self, n: int) -> None:
+        """Ask upstream for ``n`` more items."""
+        self._upstream.request(n)
+
+    def _held(self, delta: int) -> None:
+        """Adjust the held-item count (under ``_state``)."""
+        stats = self.stats
+        depth = stats.depth + delta
+        stats.depth = depth
+        if depth > stats.peak_depth:
+            stats.peak_depth = depth
+
+    def _push_ready_locked(self, item: R, weight: int = 1) -> None:
+        self._ready.append((item, weight))
+
+    def _replace_ready_locked(self, item: R, reason: str, weight: int = 1) -> None:
+        """Make ``item`` the newest ready item, dropping an undelivered newer one."""
+        if self._ready:
+            _, old_weight = self._ready.pop()
+            self.stats.count_drop(reason, old_weight)
+            self._held(-old_weight)
+        self._ready.append((item, weight))
+
+    def _after(self, delay: float, action: Callable[[], object]) -> Cancellable:
+        """Run ``action`` after ``delay`` on the scheduler, unless the operator ended."""
+        raise NotImplementedError
+
+    def _track(self, timer: Cancellable) -> Cancellable:
+        with self._state:
+            if self._halted:
+                timer.cancel()
+            else:
+                self._timers.add(timer)
+        return timer
+
+    def _untrack(self, timer: Cancellable | None) -> None:
+        if timer is None:
+            return
+        timer.cancel()
+        with self._state:
+            self._timers.discard(timer)
+
+    def hook_clear_locked(self, reason: str) -> None:
+        """Count what the policy holds outside ``_ready`` as dropped for ``reason``."""
+
+    # -- QueueDrain ------------------------------------------------------------------------
+
+    @override
+    def hook_drain(self, actual: Subscriber[R], requested: int) -> int:
+        emitted = 0
+        stats = self.stats
+        while not self._halted:
+            with self._state:
+                budget = self._budget_locked(requested - emitted)
+                if budget <= 0:
+                    break
+                taken = self._take_locked(budget)
+                if taken is None:
+                    break
+                item, weight = taken
+                stats.delivered += weight
+                self._held(-weight)
+            actual.on_next(item)
+            emitted += 1
+        if emitted:
+            self.hook_emitted(emitted)
+        with self._state:
+            idle = self._idle_locked()
+            finished = self._upstream_done and idle
+            now = self._clock()
+            if idle or emitted < requested:
+                stats.pressure_ended(now)
+            else:
+                stats.pressure_started(now)  # held items wait for demand
+        if finished and not self._halted:
+            self._terminate(actual, None)
+        return emitted
+
+    @override
+    def hook_cancel_upstreams(self) -> None:
+        cancel_quietly(self._upstream)
+        self._dispose_timers()
+
+    @override
+    def hook_clear(self) -> None:
+        reason = "cancelled" if self._cancelled else "error"
+        with self._state:
+            for _, weight in self._ready:
+                self.stats.count_drop(reason, weight)
+                self._held(-weight)
+            self._ready.clear()
+            self.hook_clear_locked(reason)
+            self.stats.pressure_ended(self._clock())
+        self._dispose_timers()
+
+    def _dispose_timers(self) -> None:
+        with self._state:
+            timers, self._timers = self._timers, set()
+        for timer in timers:
+            timer.cancel()
+
+
+class TimedStrategySubscriber(StrategySubscriber[T, R]):
+    """A ``StrategySubscriber`` whose policy runs timers on a scheduler."""
+
+    __slots__ = ("_scheduler",)
+
+    def __init__(
+        self,
+        actual: Subscriber[R],
+        capacity: int | None,
+        meter: BackpressureMeter | None,
+        scheduler: Scheduler,
+    ) -> None:
+        super().__init__(actual, capacity, meter, scheduler.now)
+        self._scheduler = scheduler
+
+    @override
+    def _after(self, delay: float, action: Callable[[], object]) -> Cancellable:
+        return self._track(self._scheduler.schedule_after(max(0.0, delay), action))
+
+
+# -- on_backpressure_reduce ------------------------------------------------------------------------
+
+
+class _Reduce(StrategySubscriber[T, R]):
+    """Holds one pending value; items arriving while it waits are folded into it.
+
+    Without a seed the first item is the pending value itself (``T -> T``);
+    with a seed factory every item is folded into ``seed()`` or into the
+    pending aggregate (``T -> R``). Each item folded into a pending value is
+    counted as dropped with reason ``"reduced"``: it is inside the one value
+    that will be delivered, so produced == delivered + dropped + depth holds.
+    """
+
+    __slots__ = ("_fold", "_seed")
+
+    def __init__(
+        self,
+        actual: Subscriber[R],
+        fold: Callable[[R, T], R],
+        seed: Callable[[], R] | None,
+        meter: BackpressureMeter | None,
+    ) -> None:
+        super().__init__(actual, 1, meter, time.monotonic)
+        self._fold = fold
+        self._seed = seed
+
+    @override
+    def hook_item(self, item: T) -> None:
+        with self._state:
+            self.stats.produced += 1
+            previous = self._ready.pop()[0] if self._ready else None
+            if previous is not None:
+                self._held(-1)
+        # The user's fold runs outside the lock; only this (upstream) thread
+        # adds to _ready, and the drain loop finds it empty meanwhile.
+        try:
+            if previous is not None:
+                value = self._fold(previous, item)
+            elif self._seed is not None:
+                value = self._fold(self._seed(), item)
+            else:
+                value = item  # type: ignore[assignment]  # T -> T without a seed
+        except Exception:
+            with self._state:
+                self.stats.count_drop("error", 1 if previous is None else 2)
+            raise
+        if value is None:
+            with self._state:
+                self.stats.count_drop("error", 1 if previous is None else 2)
+            raise TypeError("on_backpressure_reduce: the fold returned None (Rule 2.13)")
+        with self._state:
+            if previous is not None:
+                self.stats.count_drop("reduced")
+            self._ready.append((value, 1))
+            self._held(1)
+
+
+def on_backpressure_reduce(
+    source: Flow[T],
+    fold: Callable[[R, T], R],
+    seed: Callable[[], R] | None,
+    meter: BackpressureMeter | None,
+) -> Flow[R]:
+    """See :meth:`Flow.on_backpressure_reduce`."""
+    if not callable(fold):
+        raise TypeError(f"on_backpressure_reduce: fold must be callable, got {fold!r}")
+    if seed is not None and not callable(seed):
+        raise TypeError(
+            f"on_backpressure_reduce: seed must be a factory (a callable), got {seed!r}; "
+            "a shared mutable seed would leak between subscriptions"
+        )
+    factory = partial(_Reduce, fold=fold, seed=seed, meter=meter)
+    return LiftFlow(source, factory, "on_backpressure_reduce")

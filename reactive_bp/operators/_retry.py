@@ -1,0 +1,402 @@
+"""``retry`` with a ``Backoff`` policy: exponential, capped, with full jitter.
+
+The wait before retry number ``k`` (``k = 0`` for the first retry) is, with
+full jitter, ``uniform(0, min(cap, base * factor ** k))``: the "exponentially
+increasing random delay" that keeps many failing clients from retrying in
+lock-step. The random source is injectable, so tests fix it with a seed.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar, cast
+
+from typing_extensions import override
+
+from .._core._arbiter import SubscriptionArbiter, cancel_quietly
+from .._core._hooks import ProtocolViolationError, report_undeliverable
+from .._core._signals import signal_complete, signal_error
+from .._flow import Flow
+from ..schedulers._base import check_delay
+from ..sources._time import time_scheduler
+
+if TYPE_CHECKING:
+    from ..abc import Subscriber, Subscription
+    from ..schedulers import Cancellable, Scheduler
+
+__all__ = ["Backoff", "Jitter", "RetryExhaustedError", "RetryOn", "retry"]
+
+T = TypeVar("T")
+
+Jitter = Literal["full", "equal", "none"]
+"""``full``: uniform(0, d); ``equal``: d/2 + uniform(0, d/2); ``none``: d."""
+
+RetryOn = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
+"""Which errors are retried: exception type(s), or a predicate on the error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long ``retry`` waits before each new attempt.
+
+    Build one with :meth:`none`, :meth:`fixed` or :meth:`exponential`. The
+    wait before retry ``k`` (0-based) is ``min(cap, base * factor ** k)``,
+    then jittered.
+
+    Example:
+        >>> import random
+        >>> b = Backoff.exponential(base=1.0, factor=2.0, cap=5.0, jitter="none")
+        >>> [b.delay(k) for k in range(5)]
+        [1.0, 2.0, 4.0, 5.0, 5.0]
+        >>> seeded = Backoff.exponential(base=1.0, random=random.Random(7))
+        >>> 0.0 <= seeded.delay(3) <= 8.0
+        True
+    """
+
+    base: float
+    factor: float
+    cap: float
+    jitter: Jitter
+    random: _random.Random = field(default_factory=_random.Random, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_delay("Backoff: base", self.base)
+        check_delay("Backoff: cap", self.cap)
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
+            raise TypeError(f"Backoff: factor must be a number, got {self.factor!r}")
+        if not self.factor >= 1.0:
+            raise ValueError(f"Backoff: factor must be >= 1, got {self.factor!r}")
+        if self.jitter not in ("full", "equal", "none"):
+            raise ValueError(
+                f"Backoff: jitter must be 'full', 'equal' or 'none', got {self.jitter!r}"
+            )
+
+    @staticmethod
+    def none() -> Backoff:
+        """Retry at once, on the thread that saw the error (trampolined, no recursion)."""
+        return Backoff(0.0, 1.0, 0.0, "none")
+
+    @staticmethod
+    def fixed(delay: float) -> Backoff:
+        """Wait ``delay`` seconds before every retry."""
+        return Backoff(delay, 1.0, delay, "none")
+
+    @staticmethod
+    def exponential(
+        base: float = 0.1,
+        factor: float = 2.0,
+        cap: float = 10.0,
+        jitter: Jitter = "full",
+        random: _random.Random | None = None,
+    ) -> Backoff:
+        """Wait ``min(cap, base * factor ** k)`` before retry ``k``, jittered (full by default).
+
+        ``random`` is the random source (pass ``random.Random(seed)`` for
+        reproducible waits); by default each ``Backoff`` gets its own.
+        """
+        return Backoff(base, factor, cap, jitter, _random.Random() if random is None else random)
+
+    def ceiling(self, attempt: int) -> float:
+        """The un-jittered wait before retry ``attempt``: ``min(cap, base * factor ** attempt)``."""
+        try:
+            raw = self.base * self.factor**attempt
+        except OverflowError:
+            return self.cap
+        return raw if raw < self.cap else self.cap
+
+    def delay(self, attempt: int) -> float:
+        """The wait before retry ``attempt`` (0 for the first retry), jitter applied."""
+        ceiling = self.ceiling(attempt)
+        if ceiling == 0.0 or self.jitter == "none":
+            return ceiling
+        if self.jitter == "full":
+            return self.random.uniform(0.0, ceiling)
+        half = ceiling / 2
+        return half + self.random.uniform(0.0, half)
+
+
+class RetryExhaustedError(Exception):
+    """Every attempt failed; ``__cause__`` is the last error, ``attempts`` how many were made."""
+
+    def __init__(self, attempts: int, last_error: Exception) -> None:
+        super().__init__(f"gave up after {attempts} attempt(s); last error: {last_error!r}")
+        self.attempts = attempts
+        self.__cause__ = last_error
+
+    @property
+    def last_error(self) -> Exception:
+        """The error of the final attempt (also ``__cause__``)."""
+        cause = self.__cause__
+        assert isinstance(cause, Exception)
+        return cause
+
+
+def _predicate(retry_on: RetryOn | None) -> Callable[[Exception], bool]:
+    if retry_on is None:
+        return lambda error: True
+    if isinstance(retry_on, tuple) or (
+        isinstance(retry_on, type) and issubclass(retry_on, BaseException)
+    ):
+        kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+        for kind in kinds:
+            if not (isinstance(kind, type) and issubclass(kind, Exception)):
+                raise TypeError(f"retry: retry_on must be Exception subclasses, got {retry_on!r}")
+        return lambda error: isinstance(error, kinds)
+    if callable(retry_on):
+        return cast("Callable[[Exception], bool]", retry_on)
+    raise TypeError(f"retry: retry_on must be exception type(s) or a callable, got {retry_on!r}")
+
+
+class _RetrySubscriber(SubscriptionArbiter, Generic[T]):
+    """Re-subscribes to the source after a retryable error, after the backoff wait.
+
+    Demand: 1:1 through the ``SubscriptionArbiter``; before each new attempt
+    the items the failed attempt delivered are reported (``produced``), so
+    the new subscription is asked only for the demand still outstanding.
+
+    Cancellation: cancels the current attempt, or the pending backoff timer
+    (no re-subscription happens after a cancel).
+
+    Errors: a non-retryable error passes through unchanged; after
+    ``max_attempts`` failed attempts ``RetryExhaustedError`` (``__cause__`` =
+    the last error) is signalled; a raising ``retry_on`` predicate is
+    signalled with the error it judged as ``__context__``; a Rule 3.9
+    request error is never retried.
+
+    Re-subscriptions without a wait run in a trampoline (``_wip``), so a
+    source that fails synchronously on every attempt costs no stack depth.
+    """
+
+    __slots__ = (
+        "_active",
+        "_actual",
+        "_attempts",
+        "_backoff",
+        "_count",
+        "_max_attempts",
+        "_retry_lock",
+        "_retry_on",
+        "_scheduler",
+        "_source",
+        "_timer",
+        "_wip",
+    )
+
+    def __init__(
+        self,
+        actual: Subscriber[T],
+        source: Flow[T],
+        max_attempts: int,
+        backoff: Backoff,
+        retry_on: Callable[[Exception], bool],
+        scheduler: Scheduler,
+    ) -> None:
+        super().__init__()
+        # Invariant: None after a terminal signal or cancel (Rule 3.13).
+        self._actual: Subscriber[T] | None = actual
+        self._source = source
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._retry_on = retry_on
+        self._scheduler = scheduler
+        # Touched only by the (serial) signals of the current attempt and by
+        # the re-subscription that follows its end.
+        self._attempts = 0
+        self._count = 0
+        self._active = False
+        self._retry_lock = threading.Lock()
+        # Guarded by _retry_lock: the pending backoff timer, and the
+        # trampoline's work-in-progress count.
+        self._timer: Cancellable | None = None
+        self._wip = 0
+
+    # -- Subscriber (each attempt) ------------------------------------------------------
+
+    def on_subscribe(self, subscription: Subscription) -> None:
+        """Make this attempt current; it gets the outstanding demand."""
+        if subscription is None:
+            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
+        if self._active:
+            cancel_quietly(subscription)
+            report_undeliverable(
+                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
+                repr(self),
+            )
+            return
+        self._active = True
+        self.set_upstream(subscription)
+
+    def on_next(self, item: T) -> None:
+        """Relay ``item``."""
+        if item is None:
+            raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
+        actual = self._actual
+        if actual is None:
+            return  # Rule 2.8
+        self._count += 1
+        try:
+            actual.on_next(item)
+        except Exception as fault:  # Rule 2.13
+            self._stop(fault)
+
+    def on_error(self, error: Exception) -> None:
+        """Retry after the backoff wait, or give up and signal."""
+        if error is None:
+            raise TypeError("Rule 2.13: on_error(None) is not allowed")
+        if self._actual is None:
+            report_undeliverable(error, f"{self!r} after terminal/cancel")
+            return
+        self.clear_upstream()
+        pending = self.pending_error
+        if pending is not None:
+            self._stop(pending)  # Rule 3.9: the attempt answered a bad request
+            return
+        try:
+            retryable = self._retry_on(error)
+        except Exception as fault:
+            fault.__context__ = error
+            self._stop(fault)
+            return
+        if not retryable:
+            self._stop(error)
+            return
+        if self._attempts >= self._max_attempts:
+            self._stop(RetryExhaustedError(self._attempts, error))
+            return
+        self.produced(self._count)
+        self._count = 0
+        self._active = False
+        try:
+            wait = self._backoff.delay(self._attempts - 1)
+        except Exception as fault:  # a broken random source
+            fault.__context__ = error
+            self._stop(fault)
+            return
+        if wait <= 0.0:
+            self._subscribe_next()
+            return
+        handle = self._scheduler.schedule_after(wait, self._backoff_elapsed)
+        with self._retry_lock:
+            if not self.is_cancelled:
+                self._timer = handle
+                return
+        handle.cancel()
+
+    def on_complete(self) -> None:
+        """Pass the completion on."""
+        actual, self._actual = self._actual, None
+        if actual is not None:
+            self.clear_upstream()
+            signal_complete(actual, self)
+
+    # -- attempts ---------------------------------------------------------------------------
+
+    def _backoff_elapsed(self) -> None:
+        with self._retry_lock:
+            self._timer = None
+        self._subscribe_next()
+
+    def _subscribe_next(self) -> None:
+        """Subscribe the next attempt; nested calls queue behind the running one (trampoline)."""
+        with self._retry_lock:
+            self._wip += 1
+            if self._wip != 1:
+                return
+        missed = 1
+        while True:
+            if self.is_cancelled or self._actual is None:
+                return
+            self._attempts += 1
+            try:
+                self._source.subscribe(self)
+            except Exception as fault:  # a third-party subscribe() that raised
+                self._stop(fault)
+                return
+            with self._retry_lock:
+                self._wip -= missed
+                missed = self._wip
+                if missed == 0:
+                    return
+
+    @override
+    def hook_on_cancel(self) -> None:
+        self._actual = None
+        with self._retry_lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _stop(self, error: Exception) -> None:
+        actual, self._actual = self._actual, None
+        if actual is None:
+            report_undeliverable(error, f"{self!r} after terminal/cancel")
+            return
+        self.cancel()
+        signal_error(actual, error, self)
+
+    def start(self) -> None:
+        """Hand ``self`` downstream, then make the first attempt."""
+        actual = self._actual
+        assert actual is not None
+        try:
+            actual.on_subscribe(self)
+        except Exception as fault:  # Rule 2.13
+            self._stop(fault)
+            return
+        self._subscribe_next()
+
+
+class _RetryFlow(Flow[T]):
+    __slots__ = ("_backoff", "_max_attempts", "_retry_on", "_scheduler", "_source")
+
+    def __init__(
+        self,
+        source: Flow[T],
+        max_attempts: int,
+        backoff: Backoff,
+        retry_on: Callable[[Exception], bool],
+        scheduler: Scheduler,
+    ) -> None:
+        self._source = source
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._retry_on = retry_on
+        self._scheduler = scheduler
+
+    @override
+    def _subscribe(self, subscriber: Subscriber[T]) -> None:
+        _RetrySubscriber(
+            subscriber,
+            self._source,
+            self._max_attempts,
+            self._backoff,
+            self._retry_on,
+            self._scheduler,
+        ).start()
+
+    def __repr__(self) -> str:
+        return f"{self._source!r}.retry({self._max_attempts}, {self._backoff!r})"
+
+
+def retry(
+    source: Flow[T],
+    max_attempts: int,
+    backoff: Backoff | None,
+    retry_on: RetryOn | None,
+    scheduler: Scheduler | None,
+) -> Flow[T]:
+    """See :meth:`Flow.retry`."""
+    if type(max_attempts) is not int or max_attempts < 1:
+        raise ValueError(f"retry: max_attempts must be an int >= 1, got {max_attempts!r}")
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise TypeError(f"retry: backoff must be a Backoff, got {backoff!r}")
+    return _RetryFlow(
+        source,
+        max_attempts,
+        Backoff.none() if backoff is None else backoff,
+        _predicate(retry_on),
+        time_scheduler(scheduler),
+    )

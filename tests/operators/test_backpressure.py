@@ -1,0 +1,383 @@
+"""on_backpressure_*: what each strategy keeps and loses, ttl, water marks, and the invariants.
+
+Invariants shown for every operator under random schedules (Hypothesis):
+produced == delivered + dropped + depth after every step; depth never above
+the declared capacity; delivered items in upstream order; delivered <=
+requested; upstream asked for exactly what the operator declares.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reactive_bp import (
+    UNBOUNDED,
+    BackpressureMeter,
+    BufferOverflowError,
+    Emitter,
+    Flow,
+    OverflowStrategy,
+    WaterMarks,
+)
+from reactive_bp.schedulers import VirtualTimeScheduler
+from reactive_bp.testing import TestPublisher, TestSubscriber
+
+pytestmark = pytest.mark.no_undeliverable
+
+
+def _drive(
+    apply: Callable[[Flow[int]], Flow[int]], sent: int, request: int = 0
+) -> tuple[TestSubscriber[int], TestPublisher[int]]:
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber(request)
+    apply(upstream).subscribe(subscriber)
+    upstream.send_next(*range(sent))
+    return subscriber, upstream
+
+
+# -- what each strategy keeps -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overflow", "kept", "lost"),
+    [
+        (OverflowStrategy.DROP_NEWEST, [0, 1, 2], [3, 4, 5, 6]),
+        (OverflowStrategy.DROP_OLDEST, [4, 5, 6], [0, 1, 2, 3]),
+        (OverflowStrategy.LATEST, [0, 1, 6], [2, 3, 4, 5]),
+    ],
+)
+def test_dropping_buffer_keeps_and_reports_the_item_that_left(
+    overflow: OverflowStrategy, kept: list[int], lost: list[int]
+) -> None:
+    dropped: list[int] = []
+    meter = BackpressureMeter("t")
+    subscriber, upstream = _drive(
+        lambda f: f.on_backpressure_buffer(3, overflow, dropped.append, meter=meter), 7
+    )
+    assert upstream.requests == [UNBOUNDED]
+    assert subscriber.items == [] and dropped == lost
+    upstream.send_complete()
+    subscriber.request(10)
+    assert subscriber.items == kept and subscriber.completed
+    stats = meter.stats
+    assert stats is not None
+    assert (stats.produced, stats.delivered, stats.dropped, stats.depth) == (7, 3, 4, 0)
+    assert stats.peak_depth == 3
+
+
+def test_error_overflow_arrives_after_the_buffered_items_and_cancels_upstream() -> None:
+    dropped: list[int] = []
+    subscriber, upstream = _drive(
+        lambda f: f.on_backpressure_buffer(2, on_dropped=dropped.append), 3
+    )
+    assert upstream.cancelled and dropped == [2]
+    assert not subscriber.errors  # the buffered items come first (Reactor's behaviour)
+    subscriber.request(1)
+    assert subscriber.items == [0] and not subscriber.errors
+    subscriber.request(1)
+    assert subscriber.items == [0, 1]
+    assert [type(e) for e in subscriber.errors] == [BufferOverflowError]
+
+
+def test_error_ahead_cuts_in_front_of_the_buffered_items() -> None:
+    dropped: list[int] = []
+    subscriber, _upstream = _drive(
+        lambda f: f.on_backpressure_buffer(2, on_dropped=dropped.append, error_ahead=True), 3
+    )
+    assert [type(e) for e in subscriber.errors] == [BufferOverflowError]
+    assert subscriber.items == [] and sorted(dropped) == [0, 1, 2]
+
+
+def test_upstream_error_follows_the_buffer_unless_error_ahead() -> None:
+    subscriber, upstream = _drive(lambda f: f.on_backpressure_buffer(5), 2)
+    upstream.send_error(KeyError("late"))
+    assert not subscriber.errors
+    subscriber.request(5)
+    assert subscriber.items == [0, 1] and isinstance(subscriber.errors[0], KeyError)
+
+
+def test_capacity_is_required_and_unbounded_has_its_own_name() -> None:
+    with pytest.raises(TypeError):
+        Flow.range(3).on_backpressure_buffer()  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="on_backpressure_buffer_unbounded"):
+        Flow.range(3).on_backpressure_buffer(4, OverflowStrategy.UNBOUNDED_BUFFER)
+    with pytest.raises(ValueError, match="limit_rate"):
+        Flow.range(3).on_backpressure_buffer(4, OverflowStrategy.WAIT)
+    with pytest.raises(ValueError, match="capacity"):
+        Flow.range(3).on_backpressure_buffer(0)
+    with pytest.raises(ValueError, match="ttl"):
+        Flow.range(3).on_backpressure_buffer(4, ttl=0)
+    doc = Flow.on_backpressure_buffer_unbounded.__doc__ or ""
+    assert "Warning" in doc and "memory" in doc
+
+
+def test_unbounded_buffer_loses_nothing() -> None:
+    subscriber, upstream = _drive(lambda f: f.on_backpressure_buffer_unbounded(), 1000)
+    upstream.send_complete()
+    subscriber.request(UNBOUNDED)
+    assert subscriber.items == list(range(1000)) and subscriber.completed
+
+
+def test_raising_on_dropped_fails_the_stream_and_cancels_upstream() -> None:
+    def explode(item: int) -> None:
+        raise RuntimeError(f"cannot drop {item}")
+
+    subscriber, upstream = _drive(
+        lambda f: f.on_backpressure_buffer(1, OverflowStrategy.DROP_NEWEST, explode), 3
+    )
+    assert upstream.cancelled
+    assert [str(e) for e in subscriber.errors] == ["cannot drop 1"]
+
+
+# -- drop / latest / error / reduce ---------------------------------------------------------
+
+
+def test_drop_delivers_only_within_demand() -> None:
+    dropped: list[int] = []
+    subscriber, upstream = _drive(lambda f: f.on_backpressure_drop(dropped.append), 3, request=1)
+    subscriber.request(2)
+    upstream.send_next(10, 11, 12)
+    assert subscriber.items == [0, 10, 11] and dropped == [1, 2, 12]
+
+
+def test_latest_keeps_the_newest_waiting_item() -> None:
+    dropped: list[int] = []
+    subscriber, _upstream = _drive(lambda f: f.on_backpressure_latest(dropped.append), 5, request=1)
+    assert subscriber.items == [0] and dropped == [1, 2, 3]
+    subscriber.request(5)
+    assert subscriber.items == [0, 4]
+
+
+def test_error_strategy_fails_on_the_first_unrequested_item() -> None:
+    subscriber, upstream = _drive(lambda f: f.on_backpressure_error(), 3, request=2)
+    assert subscriber.items == [0, 1] and upstream.cancelled
+    assert [type(e) for e in subscriber.errors] == [BufferOverflowError]
+
+
+def test_reduce_folds_while_downstream_is_not_asking() -> None:
+    meter = BackpressureMeter("r")
+    subscriber, upstream = _drive(
+        lambda f: f.on_backpressure_reduce(lambda a, b: a + b, meter=meter), 4, request=1
+    )
+    assert subscriber.items == [0]
+    subscriber.request(1)
+    assert subscriber.items == [0, 1 + 2 + 3]
+    upstream.send_next(7)
+    subscriber.request(1)
+    upstream.send_complete()
+    assert subscriber.items == [0, 6, 7] and subscriber.completed
+    stats = meter.stats
+    assert stats is not None and stats.dropped_by_reason == {"reduced": 2}
+
+
+def test_reduce_with_a_seed_factory_changes_the_type() -> None:
+    subscriber: TestSubscriber[list[int]] = TestSubscriber()
+    upstream: TestPublisher[int] = TestPublisher()
+    upstream.on_backpressure_reduce(lambda acc, x: [*acc, x], list).subscribe(subscriber)
+    upstream.send_next(1, 2, 3)
+    subscriber.request(1)
+    upstream.send_next(4)
+    subscriber.request(1)
+    assert subscriber.items == [[1, 2, 3], [4]]
+    with pytest.raises(TypeError, match="factory"):
+        Flow.range(3).on_backpressure_reduce(lambda a, x: a, [])  # type: ignore[call-overload]
+
+
+def test_raising_fold_fails_the_stream() -> None:
+    def fold(a: int, b: int) -> int:
+        raise ArithmeticError("no")
+
+    subscriber, upstream = _drive(lambda f: f.on_backpressure_reduce(fold), 3)
+    assert upstream.cancelled and isinstance(subscriber.errors[0], ArithmeticError)
+
+
+# -- ttl (virtual time) -----------------------------------------------------------------------
+
+
+def test_ttl_drops_items_that_waited_too_long() -> None:
+    vts = VirtualTimeScheduler()
+    dropped: list[int] = []
+    meter = BackpressureMeter("ttl")
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    upstream.on_backpressure_buffer(
+        10, on_dropped=dropped.append, ttl=2.0, scheduler=vts, meter=meter
+    ).subscribe(subscriber)
+    upstream.send_next(0, 1)
+    vts.advance_by(1.0)
+    upstream.send_next(2)
+    vts.advance_by(0.999)
+    assert dropped == []
+    vts.advance_by(0.001)  # 0 and 1 are now 2 s old
+    assert dropped == [0, 1]
+    stats = meter.stats
+    assert stats is not None and stats.dropped_by_reason == {"ttl": 2} and stats.depth == 1
+    subscriber.request(5)
+    assert subscriber.items == [2]
+    vts.advance_by(10)
+    assert dropped == [0, 1] and vts.pending == 0
+
+
+def test_ttl_never_delivers_an_expired_item_even_before_the_sweep() -> None:
+    now = [0.0]
+
+    class Clock(VirtualTimeScheduler):
+        def now(self) -> float:
+            return now[0]
+
+    clock = Clock()
+    subscriber, upstream = _drive(
+        lambda f: f.on_backpressure_buffer(10, ttl=1.0, scheduler=clock), 3
+    )
+    now[0] = 5.0  # the clock moved; the sweep has not run
+    subscriber.request(5)
+    assert subscriber.items == []
+    upstream.send_next(9)
+    assert subscriber.items == [9]
+
+
+def test_ttl_completion_waits_for_expiry_or_delivery() -> None:
+    vts = VirtualTimeScheduler()
+    subscriber, upstream = _drive(lambda f: f.on_backpressure_buffer(4, ttl=1.0, scheduler=vts), 2)
+    upstream.send_complete()
+    assert not subscriber.completed
+    vts.advance_by(1.0)
+    assert subscriber.completed and subscriber.items == []
+
+
+# -- water marks --------------------------------------------------------------------------------
+
+
+def test_water_marks_signal_once_per_spell() -> None:
+    transitions: list[bool] = []
+    marks = WaterMarks(high=4, low=1, on_change=transitions.append)
+    subscriber, upstream = _drive(lambda f: f.on_backpressure_buffer(8, water_marks=marks), 3)
+    assert transitions == [] and not marks.pressured
+    upstream.send_next(3, 4, 5)
+    assert transitions == [True] and marks.pressured
+    subscriber.request(3)  # depth 6 -> 3: still above the low mark
+    assert transitions == [True]
+    subscriber.request(2)  # depth 1
+    assert transitions == [True, False] and not marks.pressured
+    upstream.send_next(6)
+    assert transitions == [True, False]
+    subscriber.cancel()
+    assert marks.depth == 0
+
+
+def test_water_marks_validate_and_report_raising_listeners(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    with pytest.raises(ValueError):
+        WaterMarks(high=2, low=2)
+    marks = WaterMarks(high=1, low=0)
+
+    def bad(state: bool) -> None:
+        raise RuntimeError("listener")
+
+    marks.add_listener(bad)
+    marks.observe(1)
+    assert marks.pressured and isinstance(undeliverable[0][0], RuntimeError)
+    marks.remove_listener(bad)
+    marks.observe(0)
+    assert len(undeliverable) == 1
+
+
+# -- invariants under random schedules ------------------------------------------------------------
+
+BUFFER_OPS: dict[str, tuple[Callable[[Flow[int], BackpressureMeter], Flow[int]], int]] = {
+    "buffer_error": (lambda f, m: f.on_backpressure_buffer(4, meter=m), 4),
+    "buffer_error_ahead": (lambda f, m: f.on_backpressure_buffer(4, error_ahead=True, meter=m), 4),
+    "buffer_drop_newest": (
+        lambda f, m: f.on_backpressure_buffer(4, OverflowStrategy.DROP_NEWEST, meter=m),
+        4,
+    ),
+    "buffer_drop_oldest": (
+        lambda f, m: f.on_backpressure_buffer(3, OverflowStrategy.DROP_OLDEST, meter=m),
+        3,
+    ),
+    "buffer_latest": (
+        lambda f, m: f.on_backpressure_buffer(2, OverflowStrategy.LATEST, meter=m),
+        2,
+    ),
+    "drop": (lambda f, m: f.on_backpressure_drop(meter=m), 0),
+    "latest": (lambda f, m: f.on_backpressure_latest(meter=m), 1),
+    "error": (lambda f, m: f.on_backpressure_error(meter=m), 0),
+    "reduce_latest": (lambda f, m: f.on_backpressure_reduce(lambda a, b: b, meter=m), 1),
+}
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.integers(1, 6)),
+        st.tuples(st.just("request"), st.integers(1, 5)),
+        st.tuples(st.sampled_from(["complete", "cancel"]), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@pytest.mark.parametrize("name", sorted(BUFFER_OPS))
+@settings(max_examples=60, deadline=None)
+@given(steps=actions)
+def test_accounting_order_and_bounds_hold_at_every_step(
+    name: str, steps: list[tuple[str, int]]
+) -> None:
+    apply, capacity = BUFFER_OPS[name]
+    meter = BackpressureMeter(name)
+    upstream: TestPublisher[int] = TestPublisher(strict=False)
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    apply(upstream, meter).subscribe(subscriber)
+    assert upstream.requests == [UNBOUNDED]  # declared: unbounded-in
+    stats = meter.stats
+    assert stats is not None
+    sent = 0
+    for action, n in steps:
+        if action == "send" and not upstream.cancelled:
+            upstream.send_next(*range(sent, sent + n))
+            sent += n
+        elif action == "request":
+            subscriber.request(n)
+        elif action == "complete" and not upstream.cancelled:
+            upstream.send_complete()
+            break
+        elif action == "cancel":
+            subscriber.cancel()
+        assert stats.produced == stats.delivered + stats.dropped + stats.depth
+        assert stats.depth <= capacity + 1 if name == "error" else stats.depth <= capacity
+        assert stats.delivered == len(subscriber.items) <= subscriber.requested
+        assert subscriber.items == sorted(set(subscriber.items))  # upstream order, no repeats
+        subscriber.assert_clean()
+    assert stats.peak_depth <= max(capacity, 1)
+
+
+# -- real time -----------------------------------------------------------------------------------
+
+
+def test_real_time_smoke_thread_producer_slow_consumer() -> None:
+    """A thread producer against a slow consumer: bounded, accounted, finishes."""
+    meter = BackpressureMeter("smoke")
+
+    def producer(emitter: Emitter[int]) -> None:
+        def run() -> None:
+            for i in range(3000):
+                emitter.emit(i)
+            emitter.complete()
+
+        threading.Thread(target=run).start()
+
+    flow = Flow.create(producer, capacity=16, overflow=OverflowStrategy.WAIT)
+    items = list(
+        flow.on_backpressure_buffer(
+            32, OverflowStrategy.DROP_OLDEST, ttl=0.5, meter=meter
+        ).blocking_iter(prefetch=8, timeout=10)
+    )
+    stats = meter.stats
+    assert stats is not None
+    assert items == sorted(items) and 0 < len(items) <= 3000
+    assert stats.produced == 3000 == stats.delivered + stats.dropped
+    assert stats.peak_depth <= 32
