@@ -1,0 +1,246 @@
+"""Every operator under spec_tck's DemandVerification: random request/cancel schedules.
+
+``DEMAND_CASES`` declares, for each operator, how much it may request upstream
+and what it should emit; the checker drives an instrumented upstream and
+checks both after every step. ``test_every_operator_has_a_demand_case`` keeps
+the list complete.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from reactive_bp import Flow, OverflowStrategy
+from reactive_bp.abc import Publisher
+from reactive_bp.schedulers import ImmediateScheduler, VirtualTimeScheduler
+from spec_tck import UNBOUNDED_BY_DESIGN, DemandVerification, per_output
+from tests.registry import EXEMPT
+
+Op = Callable[[Publisher[int]], Publisher[object]]
+
+
+def lossless(
+    name: str,
+    operator: Callable[[Flow[int]], Flow[object]],
+    model: Callable[[list[int]], Sequence[object]],
+    **options: object,
+) -> DemandVerification[int, object]:
+    """A case for an operator that loses nothing."""
+    return DemandVerification(
+        name=name,
+        operator=lambda up: operator(Flow.from_publisher(up)),
+        model=model,
+        max_examples=60,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _chunks(xs: list[int], size: int) -> list[object]:
+    return [xs[i : i + size] for i in range(0, len(xs), size)]
+
+
+def _dedupe(xs: list[int]) -> list[object]:
+    return [key for key, _ in itertools.groupby(xs)]
+
+
+_immediate = ImmediateScheduler()
+
+DEMAND_CASES: list[DemandVerification[int, object]] = [
+    lossless("map", lambda f: f.map(lambda x: x * 2), lambda xs: [x * 2 for x in xs]),
+    lossless(
+        "filter", lambda f: f.filter(lambda x: x % 2 == 0), lambda xs: [x for x in xs if x % 2 == 0]
+    ),
+    lossless("take", lambda f: f.take(5), lambda xs: xs[:5]),
+    lossless("skip", lambda f: f.skip(3), lambda xs: xs[3:]),
+    lossless(
+        "take_while",
+        lambda f: f.take_while(lambda x: x < 50),
+        lambda xs: list(itertools.takewhile(lambda x: x < 50, xs)),
+    ),
+    lossless(
+        "skip_while",
+        lambda f: f.skip_while(lambda x: x < 50),
+        lambda xs: list(itertools.dropwhile(lambda x: x < 50, xs)),
+    ),
+    lossless("distinct_until_changed", lambda f: f.distinct_until_changed(), _dedupe),
+    lossless(
+        "scan", lambda f: f.scan(lambda a, x: a + x), lambda xs: list(itertools.accumulate(xs))
+    ),
+    lossless(
+        "scan_seed",
+        lambda f: f.scan(lambda a, x: a + x, 7),
+        lambda xs: list(itertools.accumulate(xs, initial=7)),
+    ),
+    lossless(
+        "reduce",
+        lambda f: f.reduce(lambda a, x: a + x),
+        lambda xs: [sum(xs)] if xs else [],
+        upstream_bound=UNBOUNDED_BY_DESIGN,
+    ),
+    lossless(
+        "buffer", lambda f: f.buffer(3), lambda xs: _chunks(xs, 3), upstream_bound=per_output(3)
+    ),
+    lossless("do_on_next", lambda f: f.do_on_next(lambda x: None), list),
+    lossless("do_on_request", lambda f: f.do_on_request(lambda n: None), list),
+    lossless("do_on_cancel", lambda f: f.do_on_cancel(lambda: None), list),
+    lossless("lift_pipe", lambda f: f.pipe(lambda g: g.map(lambda x: x)), list),
+    lossless(
+        "flat_map",
+        lambda f: f.flat_map(lambda x: Flow.just(x, -x), max_concurrency=1, prefetch=2),
+        lambda xs: [y for x in xs for y in (x, -x)],
+        upstream_bound=1,
+    ),
+    lossless(
+        "concat_map",
+        lambda f: f.concat_map(lambda x: Flow.just(x, -x), prefetch=2),
+        lambda xs: [y for x in xs for y in (x, -x)],
+        upstream_bound=2,
+    ),
+    lossless("merge", lambda f: Flow.merge(f, Flow.empty(), prefetch=4), list, upstream_bound=4),
+    lossless("concat", lambda f: Flow.concat(f, Flow.just(-1)), lambda xs: [*xs, -1]),
+    lossless(
+        "zip",
+        lambda f: Flow.zip(f, Flow.range(10**6), prefetch=4),
+        lambda xs: list(zip(xs, range(len(xs)), strict=False)),
+        upstream_bound=4,
+    ),
+    lossless(
+        "on_error_resume",
+        lambda f: f.on_error_resume(lambda error: Flow.empty()),
+        list,
+        propagates_errors=False,
+    ),
+    # The checker's upstream error is not a KeyError: it must pass through untouched.
+    lossless("on_error_return", lambda f: f.on_error_return(-1, when=KeyError), list),
+    lossless("limit_rate", lambda f: f.limit_rate(4), list, upstream_bound=4),
+    lossless("publish_on", lambda f: f.publish_on(_immediate, prefetch=8), list, upstream_bound=8),
+    lossless("subscribe_on", lambda f: f.subscribe_on(_immediate), list),
+    lossless("timeout", lambda f: f.timeout(60), list),
+    lossless("retry", lambda f: f.retry(3, retry_on=KeyError), list),
+    lossless(
+        "map_async",
+        lambda f: f.map_async(lambda x: x + 1, max_concurrency=2, scheduler=_immediate),
+        lambda xs: [x + 1 for x in xs],
+        upstream_bound=2,
+    ),
+]
+
+
+def lossy(
+    name: str,
+    operator: Callable[[Flow[int], Callable[[object], None]], Flow[object]],
+    **options: object,
+) -> DemandVerification[int, object]:
+    """A case for an operator that may drop items and reports each through ``on_dropped``."""
+    return DemandVerification(
+        name=name,
+        lossy_operator=lambda up, on_dropped: operator(Flow.from_publisher(up), on_dropped),
+        model=list,
+        upstream_bound=UNBOUNDED_BY_DESIGN,
+        max_examples=60,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+_frozen_time = VirtualTimeScheduler()  # never advanced: only size and completion matter
+
+DEMAND_CASES += [
+    # Strategies for producers that cannot be slowed: upstream is asked for everything by
+    # design, and every item that does not reach downstream is reported.
+    lossy(
+        "on_backpressure_buffer",
+        lambda f, dropped: f.on_backpressure_buffer(
+            3, OverflowStrategy.DROP_OLDEST, on_dropped=dropped
+        ),
+    ),
+    lossy(
+        "on_backpressure_buffer_newest",
+        lambda f, dropped: f.on_backpressure_buffer(
+            2, OverflowStrategy.DROP_NEWEST, on_dropped=dropped
+        ),
+    ),
+    lossy("on_backpressure_drop", lambda f, dropped: f.on_backpressure_drop(dropped)),
+    lossy("on_backpressure_latest", lambda f, dropped: f.on_backpressure_latest(dropped)),
+    lossy(
+        "sample_adaptive",
+        lambda f, dropped: f.sample_adaptive(
+            1.0, 0.2, 0.5, 4, random=random.Random(7), on_dropped=dropped
+        ),
+    ),
+    lossless(
+        "on_backpressure_buffer_unbounded",
+        lambda f: f.on_backpressure_buffer_unbounded(),
+        list,
+        upstream_bound=UNBOUNDED_BY_DESIGN,
+    ),
+    # Size- and rate-driven operators, configured so that time never has to pass.
+    lossless(
+        "buffer_timeout",
+        lambda f: f.buffer_timeout(3, 60.0, scheduler=_frozen_time),
+        lambda xs: _chunks(xs, 3),
+        upstream_bound=3,
+    ),
+    lossless(
+        "throttle",
+        lambda f: f.throttle(1000, 1.0, burst=1000, scheduler=_frozen_time),
+        list,
+        upstream_bound=1000,
+    ),
+    lossless("sample_every", lambda f: f.sample_every(1), list),
+]
+
+# Flow members that are sources (verified as publishers, tests/test_self_verification.py),
+# or time-driven operators verified in virtual time in their own tests.
+NOT_OPERATORS = {
+    "from_iterable",
+    "range",
+    "just",
+    "empty",
+    "error",
+    "never",
+    "defer",
+    "generate",
+    "from_publisher",
+    "from_async_iterable",
+    "from_queue",
+    "from_observable",
+    "create",
+    "interval",
+    "timer",
+    "lift",
+    "pipe",
+}
+
+
+def test_every_operator_has_a_demand_case() -> None:
+    names = {case.name for case in DEMAND_CASES} | {"lift", "pipe"}
+    operators = {
+        name
+        for name in dir(Flow)
+        if not name.startswith("_") and callable(getattr(Flow, name, None))
+    }
+    missing = operators - names - NOT_OPERATORS - set(EXEMPT) - TIME_DRIVEN
+    assert not missing, f"add DemandVerification cases for: {sorted(missing)}"
+
+
+# Operators whose losses are counted (BufferStats) rather than reported item by item, or
+# that need time to pass: their demand and accounting invariants are Hypothesis-tested in
+# virtual time in tests/operators/test_time.py, test_sampling.py and test_backpressure.py.
+TIME_DRIVEN = {
+    "delay",
+    "sample",
+    "throttle_first",
+    "throttle_latest",
+    "debounce",
+    "on_backpressure_reduce",
+    "on_backpressure_error",
+}
+
+
+@pytest.mark.parametrize("case", DEMAND_CASES, ids=str)
+def test_operator_demand(case: DemandVerification[int, object]) -> None:
+    case.run()
