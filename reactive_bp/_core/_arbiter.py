@@ -31,15 +31,17 @@ the per-item path takes no lock.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 from ._demand import UNBOUNDED, add_cap, check_request, produced
-from ._hooks import report_undeliverable
+from ._hooks import ProtocolViolationError, report_undeliverable
 
 if TYPE_CHECKING:
-    from ..abc import Subscription
+    from ..abc import Subscriber, Subscription
 
-__all__ = ["SubscriptionArbiter", "cancel_quietly"]
+__all__ = ["ArbiterRelay", "SubscriptionArbiter", "cancel_quietly"]
+
+T = TypeVar("T")
 
 
 def cancel_quietly(subscription: Subscription) -> None:
@@ -190,3 +192,57 @@ class SubscriptionArbiter:
         demand = "unbounded" if self._requested == UNBOUNDED else str(self._requested)
         state = "cancelled" if self._cancelled else "active"
         return f"<{type(self).__name__} {state} requested={demand}>"
+
+
+class ArbiterRelay(SubscriptionArbiter, Generic[T]):
+    """An arbiter that is also the subscriber of each successive upstream.
+
+    Used by operators that switch upstreams while keeping one downstream
+    (``concat``, ``on_error_resume``, ``retry``): it accepts one upstream at a
+    time (Rule 2.5), relays its items, counts them for ``produced`` when that
+    upstream ends, and turns a raising downstream ``on_next`` into ``_stop``
+    (Rule 2.13). Subclasses write ``on_error``, ``on_complete`` and ``_stop``,
+    and set ``_active = False`` when an upstream terminates.
+    """
+
+    __slots__ = ("_active", "_actual", "_count")
+
+    def __init__(self, actual: Subscriber[T]) -> None:
+        super().__init__()
+        # Invariant: None after a terminal signal or cancel (Rule 3.13).
+        self._actual: Subscriber[T] | None = actual
+        # Items relayed from the current upstream; touched only by its (serial) signals.
+        self._count = 0
+        # Whether an upstream is subscribed and not yet terminated (Rule 2.5 guard).
+        self._active = False
+
+    def on_subscribe(self, subscription: Subscription) -> None:
+        """Make the new upstream current; it is asked for the outstanding demand."""
+        if subscription is None:
+            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
+        if self._active:
+            cancel_quietly(subscription)
+            report_undeliverable(
+                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
+                repr(self),
+            )
+            return
+        self._active = True
+        self.set_upstream(subscription)
+
+    def on_next(self, item: T) -> None:
+        """Relay ``item``."""
+        if item is None:
+            raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
+        actual = self._actual
+        if actual is None:
+            return  # Rule 2.8
+        self._count += 1
+        try:
+            actual.on_next(item)
+        except Exception as fault:  # Rule 2.13
+            self._stop(fault)
+
+    def _stop(self, error: Exception) -> None:
+        """End the stream with ``error`` (cancel what is left, signal downstream once)."""
+        raise NotImplementedError

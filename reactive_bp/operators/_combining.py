@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from typing_extensions import override
 
-from .._core._arbiter import SubscriptionArbiter, cancel_quietly
+from .._core._arbiter import ArbiterRelay, SubscriptionArbiter, cancel_quietly
 from .._core._demand import UNBOUNDED
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED, EmptySubscription
@@ -288,7 +288,7 @@ def merge(sources: tuple[Publisher[T], ...], max_concurrency: int, prefetch: int
 # -- concat -----------------------------------------------------------------------------------
 
 
-class _ConcatSubscriber(SubscriptionArbiter, Generic[T]):
+class _ConcatSubscriber(ArbiterRelay[T]):
     """Relays the sources one after another through one arbiter.
 
     Demand: the arbiter carries the outstanding downstream demand from one
@@ -304,48 +304,15 @@ class _ConcatSubscriber(SubscriptionArbiter, Generic[T]):
     run of synchronously completing sources does not recurse.
     """
 
-    __slots__ = ("_active", "_actual", "_count", "_index", "_sources", "_wip")
+    __slots__ = ("_index", "_sources", "_wip")
 
     def __init__(self, actual: Subscriber[T], sources: tuple[Flow[T], ...]) -> None:
-        super().__init__()
-        # Invariant: None after a terminal signal or cancel (Rule 3.13).
-        self._actual: Subscriber[T] | None = actual
+        super().__init__(actual)
         self._sources = sources
         # Trampoline owner only.
         self._index = 0
-        # Items relayed from the current source; touched only by its (serial) signals.
-        self._count = 0
-        # Whether a source is subscribed and not yet terminated (Rule 2.5 guard).
-        self._active = False
         # Guarded by _lock: advance requests; the thread moving it from 0 subscribes.
         self._wip = 0
-
-    def on_subscribe(self, subscription: Subscription) -> None:
-        """Make the new source current; it is asked for the outstanding demand."""
-        if subscription is None:
-            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
-        if self._active:
-            cancel_quietly(subscription)
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
-            return
-        self._active = True
-        self.set_upstream(subscription)
-
-    def on_next(self, item: T) -> None:
-        """Relay ``item``."""
-        if item is None:
-            raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
-        actual = self._actual
-        if actual is None:
-            return  # Rule 2.8
-        self._count += 1
-        try:
-            actual.on_next(item)
-        except Exception as fault:  # Rule 2.13
-            self._stop(fault)
 
     def on_error(self, error: Exception) -> None:
         """End the stream with the source's error."""

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from typing_extensions import override
 
-from .._core._arbiter import SubscriptionArbiter, cancel_quietly
-from .._core._hooks import ProtocolViolationError, report_undeliverable
+from .._core._arbiter import ArbiterRelay
+from .._core._hooks import report_undeliverable
 from .._core._signals import signal_complete, signal_error
 from .._flow import Flow
 
 if TYPE_CHECKING:
-    from ..abc import Publisher, Subscriber, Subscription
+    from ..abc import Publisher, Subscriber
 
 __all__ = ["on_error_resume", "on_error_return"]
 
@@ -23,7 +23,7 @@ U = TypeVar("U")
 ErrorTypes = type[Exception] | tuple[type[Exception], ...]
 
 
-class _ResumeSubscriber(SubscriptionArbiter, Generic[T]):
+class _ResumeSubscriber(ArbiterRelay[T]):
     """Relays the source; on a matching error, relays ``fallback(error)`` instead.
 
     Demand: 1:1 through a ``SubscriptionArbiter``; what downstream requested
@@ -37,7 +37,7 @@ class _ResumeSubscriber(SubscriptionArbiter, Generic[T]):
     The fallback is used at most once.
     """
 
-    __slots__ = ("_active", "_actual", "_count", "_fallback", "_resumed", "_when")
+    __slots__ = ("_fallback", "_resumed", "_when")
 
     def __init__(
         self,
@@ -45,42 +45,11 @@ class _ResumeSubscriber(SubscriptionArbiter, Generic[T]):
         fallback: Callable[[Exception], Publisher[T]],
         when: ErrorTypes,
     ) -> None:
-        super().__init__()
-        # Invariant: None after a terminal signal or cancel (Rule 3.13).
-        self._actual: Subscriber[T] | None = actual
+        super().__init__(actual)
         self._fallback = fallback
         self._when = when
-        # The rest is touched only by the (serial) signals of the current upstream.
-        self._count = 0
+        # Touched only by the (serial) signals of the current upstream.
         self._resumed = False
-        self._active = False
-
-    def on_subscribe(self, subscription: Subscription) -> None:
-        """Make the source (or later the fallback) current; it gets the outstanding demand."""
-        if subscription is None:
-            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
-        if self._active:
-            cancel_quietly(subscription)
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
-            return
-        self._active = True
-        self.set_upstream(subscription)
-
-    def on_next(self, item: T) -> None:
-        """Relay ``item``."""
-        if item is None:
-            raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
-        actual = self._actual
-        if actual is None:
-            return  # Rule 2.8
-        self._count += 1
-        try:
-            actual.on_next(item)
-        except Exception as fault:  # Rule 2.13
-            self._stop(fault)
 
     def on_error(self, error: Exception) -> None:
         """Resume with the fallback if ``error`` matches; otherwise pass it on."""

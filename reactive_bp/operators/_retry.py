@@ -12,19 +12,19 @@ import random as _random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from typing_extensions import override
 
-from .._core._arbiter import SubscriptionArbiter, cancel_quietly
-from .._core._hooks import ProtocolViolationError, report_undeliverable
+from .._core._arbiter import ArbiterRelay
+from .._core._hooks import report_undeliverable
 from .._core._signals import signal_complete, signal_error
 from .._flow import Flow
 from ..schedulers._base import check_delay
 from ..sources._time import time_scheduler
 
 if TYPE_CHECKING:
-    from ..abc import Subscriber, Subscription
+    from ..abc import Subscriber
     from ..schedulers import Cancellable, Scheduler
 
 __all__ = ["Backoff", "Jitter", "RetryExhaustedError", "RetryOn", "retry"]
@@ -150,7 +150,7 @@ def _predicate(retry_on: RetryOn | None) -> Callable[[Exception], bool]:
     raise TypeError(f"retry: retry_on must be exception type(s) or a callable, got {retry_on!r}")
 
 
-class _RetrySubscriber(SubscriptionArbiter, Generic[T]):
+class _RetrySubscriber(ArbiterRelay[T]):
     """Re-subscribes to the source after a retryable error, after the backoff wait.
 
     Demand: 1:1 through the ``SubscriptionArbiter``; before each new attempt
@@ -171,11 +171,8 @@ class _RetrySubscriber(SubscriptionArbiter, Generic[T]):
     """
 
     __slots__ = (
-        "_active",
-        "_actual",
         "_attempts",
         "_backoff",
-        "_count",
         "_max_attempts",
         "_retry_lock",
         "_retry_on",
@@ -194,9 +191,7 @@ class _RetrySubscriber(SubscriptionArbiter, Generic[T]):
         retry_on: Callable[[Exception], bool],
         scheduler: Scheduler,
     ) -> None:
-        super().__init__()
-        # Invariant: None after a terminal signal or cancel (Rule 3.13).
-        self._actual: Subscriber[T] | None = actual
+        super().__init__(actual)
         self._source = source
         self._max_attempts = max_attempts
         self._backoff = backoff
@@ -205,8 +200,6 @@ class _RetrySubscriber(SubscriptionArbiter, Generic[T]):
         # Touched only by the (serial) signals of the current attempt and by
         # the re-subscription that follows its end.
         self._attempts = 0
-        self._count = 0
-        self._active = False
         self._retry_lock = threading.Lock()
         # Guarded by _retry_lock: the pending backoff timer, and the
         # trampoline's work-in-progress count.
@@ -214,33 +207,6 @@ class _RetrySubscriber(SubscriptionArbiter, Generic[T]):
         self._wip = 0
 
     # -- Subscriber (each attempt) ------------------------------------------------------
-
-    def on_subscribe(self, subscription: Subscription) -> None:
-        """Make this attempt current; it gets the outstanding demand."""
-        if subscription is None:
-            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
-        if self._active:
-            cancel_quietly(subscription)
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
-            return
-        self._active = True
-        self.set_upstream(subscription)
-
-    def on_next(self, item: T) -> None:
-        """Relay ``item``."""
-        if item is None:
-            raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
-        actual = self._actual
-        if actual is None:
-            return  # Rule 2.8
-        self._count += 1
-        try:
-            actual.on_next(item)
-        except Exception as fault:  # Rule 2.13
-            self._stop(fault)
 
     def on_error(self, error: Exception) -> None:
         """Retry after the backoff wait, or give up and signal."""
