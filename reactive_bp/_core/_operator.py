@@ -207,11 +207,11 @@ class OperatorSubscriber(Generic[T, R]):
 
     def hook_on_error(self, error: Exception) -> None:
         """Handle the upstream failure; by default forward it."""
-        self._actual.on_error(error)
+        signal_error(self._actual, error, self)
 
     def hook_on_complete(self) -> None:
         """Handle the upstream completion; by default forward it."""
-        self._actual.on_complete()
+        signal_complete(self._actual, self)
 
     def hook_on_request(self, n: int) -> None:
         """Map downstream demand to upstream demand; by default 1:1.

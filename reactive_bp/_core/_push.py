@@ -563,6 +563,7 @@ class PushBuffer(Generic[T]):
             if self._done or self._stopped:
                 return
             self._done = True
+            self._wake_producers_locked()  # waiting producers learn it is CLOSED
         self._drain()
 
     def error(self, error: Exception) -> None:
@@ -576,6 +577,7 @@ class PushBuffer(Generic[T]):
                 return
             self._done = True
             self._error = error
+            self._wake_producers_locked()  # waiting producers learn it is CLOSED
             if self.error_ahead:
                 while self._queue:
                     self._count_drop(self._queue.popleft(), "error_ahead", dropped)
@@ -704,27 +706,34 @@ class PushBuffer(Generic[T]):
                 self._report_dropped(expired)
             if self.water_marks is not None and (n or expired):
                 self.water_marks.observe(len(self._queue))
+            sent = 0
             for item in batch:
                 if self._stopped:
                     break
+                sent += 1
                 try:
                     actual.on_next(item)
                 except Exception as fault:  # Rule 2.13
                     self.cancel()
+                    self._unsend(batch[sent:])
                     signal_error(actual, fault, self.name)
                     with lock:
                         self._draining = False
                         self._actual = None
                     return
+            if sent < len(batch):
+                self._unsend(batch[sent:])  # cancelled mid-batch: the rest never arrived
             with lock:
                 if self._stopped:
                     self._actual = None
                     self._draining = False
+                    self._wake_producers_locked()
                     return
                 if terminal and not self._queue:
                     self._stopped = True
                     self._actual = None
                     self._draining = False
+                    self._wake_producers_locked()
                     finish = True
                 elif not self._missed and (not batch or not self._requested or not self._queue):
                     self._draining = False
@@ -737,6 +746,17 @@ class PushBuffer(Generic[T]):
                 else:
                     signal_error(actual, error, self.name)
                 return
+
+    def _unsend(self, items: list[T]) -> None:
+        """Items popped for delivery that never reached the subscriber: count them dropped."""
+        if not items:
+            return
+        dropped: list[T] = []
+        with self._lock:
+            self.stats.delivered -= len(items)
+            for item in items:
+                self._count_drop(item, "cancelled", dropped)
+        self._report_dropped(dropped)
 
     def __repr__(self) -> str:
         return f"<PushBuffer {self.name} {self.stats.snapshot()}>"

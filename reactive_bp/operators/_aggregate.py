@@ -57,6 +57,9 @@ class ScalarResultSubscriber(OperatorSubscriber[T, R]):
                 return
             if self._result is not None and not self._requested:
                 self._ready = True
+                # Downstream has not received its terminal signal yet: a cancel
+                # before the result is requested must still run hook_on_cancel.
+                self._done = False
                 return
             self._finished = True
             result, self._result = self._result, None
@@ -96,6 +99,13 @@ class ScalarResultSubscriber(OperatorSubscriber[T, R]):
         with self._lock:
             self._finished = True
             self._result = None
+
+    @override
+    def _fail(self, error: Exception) -> None:
+        with self._lock:  # a failure is terminal: no result and no second error later
+            self._finished = True
+            self._result = None
+        super()._fail(error)
 
     def _deliver(self, result: R | None) -> None:
         if result is not None:

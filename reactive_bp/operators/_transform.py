@@ -11,6 +11,7 @@ from typing_extensions import override
 from .._core._demand import check_request, multiply_cap
 from .._core._hooks import report_undeliverable
 from .._core._operator import OperatorSubscriber
+from .._core._signals import signal_complete
 from ._lift import LiftFlow
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class _BufferSubscriber(OperatorSubscriber[T, list[T]]):
         if self._batch:
             batch, self._batch = self._batch, []
             self._actual.on_next(batch)
-        self._actual.on_complete()
+        signal_complete(self._actual, self)
 
     @override
     def hook_on_request(self, n: int) -> None:

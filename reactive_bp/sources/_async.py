@@ -110,8 +110,17 @@ class _AsyncPullSubscription(Generic[T]):
             except StopAsyncIteration:
                 self._finish(actual, None)
                 return
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as cancelled:
+                task = asyncio.current_task()
+                if self._cancelled or (task is not None and task.cancelling()):
+                    with self._lock:
+                        self._running = False
+                    raise  # this pump was cancelled
+                # The iterator was cancelled from elsewhere: that ends the stream.
+                failure = RuntimeError(f"{self._source!r} was cancelled")
+                failure.__cause__ = cancelled
+                self._finish(actual, failure)
+                return
             except Exception as failure:
                 self._finish(actual, failure)
                 return

@@ -109,6 +109,7 @@ class _StrictSubscriber(Generic[T]):
             if self._done:
                 report_undeliverable(error, f"{self._source!r} after terminal (Rule 1.7)")
                 return
+            self._ensure_subscribed("on_error")
             self._done = True
             self._upstream = CANCELLED
             signal_error(self._actual, error, self._source)
@@ -117,9 +118,19 @@ class _StrictSubscriber(Generic[T]):
         with self._signal_lock:
             if self._done:
                 return
+            self._ensure_subscribed("on_complete")
             self._done = True
             self._upstream = CANCELLED
             signal_complete(self._actual, self._source)
+
+    def _ensure_subscribed(self, signal: str) -> None:
+        """Rule 1.9: downstream must see on_subscribe before a terminal signal."""
+        if self._upstream is CANCELLED:
+            self._violation(f"Rule 1.9: {signal} before on_subscribe")
+            try:
+                self._actual.on_subscribe(self)
+            except Exception as fault:  # Rule 2.13
+                report_undeliverable(fault, f"{self._actual!r}.on_subscribe")
 
     # -- from downstream ---------------------------------------------------------
 
