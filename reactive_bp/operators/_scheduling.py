@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from typing_extensions import override
 
 from .._core._arbiter import cancel_quietly
+from .._core._demand import add_cap, check_request
 from .._core._operator import CANCELLED, EmptySubscription
 from .._core._queue_drain import replenish_limit
 from .._core._signals import signal_error
@@ -64,20 +66,52 @@ def publish_on(source: Flow[T], scheduler: Scheduler, prefetch: int) -> Flow[T]:
 
 
 class _ScheduledRequests:
-    """Forwards ``request`` through the scheduler so the source works there too."""
+    """Forwards ``request`` through the scheduler so the source works there too.
 
-    __slots__ = ("_scheduler", "_upstream")
+    Requests are summed and handed over by one scheduled task at a time, so
+    upstream sees them serially and in order (Rule 2.7) even on a pool.
+    """
+
+    __slots__ = ("_bad", "_lock", "_pending", "_scheduled", "_scheduler", "_upstream")
 
     def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
         self._upstream: Subscription = CANCELLED
+        self._lock = threading.Lock()
+        # Guarded by _lock: demand not yet handed over, the first invalid n
+        # (passed on unchanged: upstream signals the Rule 3.9 error), and
+        # whether a flush task is scheduled.
+        self._pending = 0
+        self._bad: object = None
+        self._scheduled = False
 
     def request(self, n: int) -> None:
-        upstream = self._upstream
+        with self._lock:
+            if check_request(n) is None:
+                self._pending = add_cap(self._pending, n)
+            elif self._bad is None:
+                self._bad = n
+            if self._scheduled:
+                return
+            self._scheduled = True
         try:
-            self._scheduler.schedule(lambda: upstream.request(n))
-        except Exception:  # the scheduler is gone: ask directly rather than lose demand
-            upstream.request(n)
+            self._scheduler.schedule(self._flush)
+        except Exception:  # the scheduler is gone: hand over here rather than lose demand
+            self._flush()
+
+    def _flush(self) -> None:
+        while True:
+            with self._lock:
+                n, self._pending = self._pending, 0
+                bad, self._bad = self._bad, None
+                if not n and bad is None:
+                    self._scheduled = False
+                    return
+            upstream = self._upstream
+            if bad is not None:
+                upstream.request(bad)  # type: ignore[arg-type]
+            if n:
+                upstream.request(n)
 
     def cancel(self) -> None:
         upstream, self._upstream = self._upstream, CANCELLED
@@ -95,7 +129,14 @@ class _SubscribeOnSubscriber(_ScheduledRequests, Generic[T]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         self._upstream = subscription
-        self._actual.on_subscribe(self)
+        with self._lock:
+            # Requests made inside on_subscribe wait until it returns (Rule 1.3:
+            # items must not arrive on another thread while it is still running).
+            self._scheduled = True
+        try:
+            self._actual.on_subscribe(self)
+        finally:
+            self._flush()  # on the scheduler's thread, as the subscribe itself
 
     def on_next(self, item: T) -> None:
         self._actual.on_next(item)

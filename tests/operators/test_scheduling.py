@@ -113,3 +113,15 @@ def test_no_threads_leak() -> None:
         Flow.range(100).publish_on(pool).to_list(timeout=10)
     after = [t for t in threading.enumerate() if t.ident not in before]
     assert [t for t in after if t.is_alive() and t.name != "reactive_bp-timer"] == []
+
+
+def test_subscribe_on_hands_requests_over_serially_and_after_on_subscribe() -> None:
+    """Rule 2.7 towards upstream and Rule 1.3 towards downstream, on a 4-thread pool."""
+    for _ in range(20):
+        seen: list[int] = []
+        with ThreadPoolScheduler(4) as pool:
+            subscriber: TestSubscriber[int] = TestSubscriber(1, request_on_next=1)
+            Flow.range(300).do_on_request(seen.append).subscribe_on(pool).subscribe(subscriber)
+            assert subscriber.await_terminal(10) or len(subscriber.items) == 300
+        assert subscriber.items == list(range(300))
+        subscriber.assert_clean()
