@@ -330,7 +330,7 @@ class Outcome:
 def _progress_line(name: str, stats: Stats) -> str:
     return (
         f"  {name:<50} produced {stats.produced:>9,}  delivered {stats.delivered:>7,}  "
-        f"queued {stats.queued:>9,}"
+        f"not yet delivered {stats.queued:>9,}"
     )
 
 
@@ -388,12 +388,13 @@ def verdict(outcomes: Sequence[Outcome]) -> str:
     if not bounded:
         return "Verdict: no bounded scenario ran."
     worst = max(bounded, key=lambda o: o.stats.peak_queue)
+    pulled = bounded[0]
     return (
         f"Verdict: same producer, same slow consumer: without backpressure "
         f"{baseline.stats.peak_queue:,} readings ({_size(baseline.peak_memory)}) piled up "
-        f"and {baseline.stats.delivered:,} were delivered; with demand at most "
-        f"{worst.stats.peak_queue:,} ever waited ({_size(worst.peak_memory)}) "
-        f"and {worst.stats.delivered:,} were delivered."
+        f"and {baseline.stats.delivered:,} were delivered; with demand no scenario ever had "
+        f"more than {worst.stats.peak_queue:,} waiting ({_size(worst.peak_memory)}), and "
+        f"'{pulled.scenario.name}' delivered {pulled.stats.delivered:,}."
     )
 
 
