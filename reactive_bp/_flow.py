@@ -360,6 +360,8 @@ class Flow(Generic[T_co]):
         capacity: int = 256,
         overflow: OverflowStrategy | None = None,
         on_dropped: Callable[[U], object] | None = None,
+        *,
+        water_marks: WaterMarks | None = None,
     ) -> Flow[U]:
         """Bridge a producer that pushes (callbacks, sockets, threads) into a flow.
 
@@ -386,10 +388,13 @@ class Flow(Generic[T_co]):
         Cancellation: ``emitter.is_cancelled`` turns true, ``on_cancel``
         callbacks run, a coroutine producer's task is cancelled.
 
+        ``water_marks`` (a ``WaterMarks``) watches the buffer's depth with
+        hysteresis, so the producer (or an autoscaler) can react to pressure.
+
         Errors: a producer that raises fails the stream.
         """
         strategy = OverflowStrategy.ERROR if overflow is None else overflow
-        return _push.CreateFlow(producer, capacity, strategy, on_dropped)
+        return _push.CreateFlow(producer, capacity, strategy, on_dropped, water_marks)
 
     # -- composition -------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from .._core._hooks import ProtocolViolationError
 from .._core._operator import EmptySubscription
-from .._core._push import BufferStats, OfferResult, OverflowStrategy, PushBuffer
+from .._core._push import BufferStats, OfferResult, OverflowStrategy, PushBuffer, WaterMarks
 from .._core._signals import signal_error
 from .._flow import Flow
 
@@ -86,7 +86,7 @@ Producer = Callable[[Emitter[T]], object]
 class CreateFlow(Flow[T]):
     """Runs the producer once per subscriber, behind a bounded buffer."""
 
-    __slots__ = ("_capacity", "_on_dropped", "_overflow", "_producer")
+    __slots__ = ("_capacity", "_on_dropped", "_overflow", "_producer", "_water_marks")
 
     def __init__(
         self,
@@ -94,6 +94,7 @@ class CreateFlow(Flow[T]):
         capacity: int,
         overflow: OverflowStrategy,
         on_dropped: Callable[[T], object] | None,
+        water_marks: WaterMarks | None = None,
     ) -> None:
         # Validate eagerly: a bad argument is the caller's error, not the stream's.
         PushBuffer(None, capacity, overflow, on_dropped)
@@ -101,11 +102,17 @@ class CreateFlow(Flow[T]):
         self._capacity = capacity
         self._overflow = overflow
         self._on_dropped = on_dropped
+        self._water_marks = water_marks
 
     @override
     def _subscribe(self, subscriber: Subscriber[T]) -> None:
         buffer: PushBuffer[T] = PushBuffer(
-            None, self._capacity, self._overflow, self._on_dropped, name="Flow.create"
+            None,
+            self._capacity,
+            self._overflow,
+            self._on_dropped,
+            name="Flow.create",
+            water_marks=self._water_marks,
         )
         buffer.attach(subscriber)
         emitter = Emitter(buffer)
@@ -156,6 +163,8 @@ class SourceQueue(Generic[T]):
     waits for room; ``await queue.ready()`` returns when there is room (WHATWG's
     ``writer.ready``, Node's ``drain``); ``desired_size`` is capacity minus
     queued. Items offered before anyone subscribes wait in the buffer.
+    ``water_marks`` (a ``WaterMarks``) flips to "pressured" at its high mark
+    and back at its low mark, for producers or autoscalers to watch.
 
     Example:
         >>> queue = SourceQueue[int](capacity=2, overflow=OverflowStrategy.DROP_NEWEST)
@@ -173,9 +182,11 @@ class SourceQueue(Generic[T]):
         capacity: int,
         overflow: OverflowStrategy = OverflowStrategy.WAIT,
         on_dropped: Callable[[T], object] | None = None,
+        *,
+        water_marks: WaterMarks | None = None,
     ) -> None:
         self._buffer: PushBuffer[T] = PushBuffer(
-            None, capacity, overflow, on_dropped, name="SourceQueue"
+            None, capacity, overflow, on_dropped, name="SourceQueue", water_marks=water_marks
         )
         self._subscribed = False
         self.flow: Flow[T] = _SourceQueueFlow(self)

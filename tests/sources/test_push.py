@@ -19,6 +19,7 @@ from reactive_bp import (
     OverflowStrategy,
     ProtocolViolationError,
     SourceQueue,
+    WaterMarks,
 )
 from reactive_bp.testing import TestSubscriber
 
@@ -358,3 +359,28 @@ def test_nothing_vanishes_unaccounted(
         assert sorted(dropped + subscriber.items) == sorted(set(dropped + subscriber.items))
         assert len(dropped) == stats.dropped
         subscriber.assert_clean()
+
+
+def test_water_marks_on_source_queue_and_create() -> None:
+    changes: list[bool] = []
+    marks = WaterMarks(high=4, low=1, on_change=changes.append)
+    queue: SourceQueue[int] = SourceQueue(8, water_marks=marks)
+    for i in range(5):
+        queue.offer(i)
+    assert marks.pressured and changes == [True]
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    queue.flow.subscribe(subscriber)
+    subscriber.request(2)
+    assert marks.pressured  # depth 3: still above the low mark (hysteresis)
+    subscriber.request(2)
+    assert not marks.pressured and changes == [True, False]
+
+    created = WaterMarks(high=2, low=0)
+    emitters: list[Emitter[int]] = []
+    late: TestSubscriber[int] = TestSubscriber()
+    Flow.create(emitters.append, capacity=4, water_marks=created).subscribe(late)
+    emitters[0].emit(1)
+    emitters[0].emit(2)
+    assert created.pressured
+    late.request(2)
+    assert not created.pressured
