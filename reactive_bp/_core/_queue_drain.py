@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, final
 
 from typing_extensions import override
@@ -230,6 +231,32 @@ class QueueDrain(Generic[R_co]):
         else:
             signal_error(actual, error, self)
 
+    def _accept_upstream(self, current: Subscription, subscription: Subscription) -> bool:
+        """Whether ``subscription`` may become the single upstream (Rules 2.13, 2.5)."""
+        if subscription is None:
+            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
+        if current is not CANCELLED:
+            cancel_quietly(subscription)  # Rule 2.5
+            report_undeliverable(
+                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
+                repr(self),
+            )
+            return False
+        return True
+
+    def _hand_downstream(self, subscription: Subscription, start: Callable[[], None]) -> None:
+        """Give ``self`` to downstream (Rule 1.9), then run ``start`` unless halted."""
+        actual = self._actual
+        if actual is None:  # pragma: no cover - cannot be released before on_subscribe
+            cancel_quietly(subscription)
+            return
+        try:
+            actual.on_subscribe(self)
+            if not self._halted:
+                start()
+        except Exception as fault:  # Rule 2.13
+            self._fail(fault)
+
     # -- hooks -----------------------------------------------------------------------------
 
     def hook_drain(self, actual: Subscriber[R_co], requested: int) -> int:
@@ -363,26 +390,10 @@ class QueueDrainSubscriber(QueueDrain[T]):
     @final
     def on_subscribe(self, subscription: Subscription) -> None:
         """Accept the upstream, hand ``self`` downstream, then ``hook_on_subscribe`` (Rule 1.9)."""
-        if subscription is None:
-            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
-        if self._upstream is not CANCELLED:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+        if not self._accept_upstream(self._upstream, subscription):
             return
         self._upstream = subscription
-        actual = self._actual
-        if actual is None:  # pragma: no cover - cannot be released before on_subscribe
-            cancel_quietly(subscription)
-            return
-        try:
-            actual.on_subscribe(self)
-            if not self._halted:
-                self.hook_on_subscribe()
-        except Exception as fault:  # Rule 2.13
-            self._fail(fault)
+        self._hand_downstream(subscription, self.hook_on_subscribe)
 
     @final
     def on_next(self, item: T) -> None:

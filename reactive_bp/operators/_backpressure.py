@@ -421,26 +421,10 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
     @final
     def on_subscribe(self, subscription: Subscription) -> None:
         """Accept the upstream, hand ``self`` downstream, then ``hook_start`` (Rule 1.9)."""
-        if subscription is None:
-            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
-        if self._upstream is not CANCELLED:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+        if not self._accept_upstream(self._upstream, subscription):
             return
         self._upstream = subscription
-        actual = self._actual
-        if actual is None:  # pragma: no cover - cannot be released before on_subscribe
-            cancel_quietly(subscription)
-            return
-        try:
-            actual.on_subscribe(self)
-            if not self._halted:
-                self.hook_start()
-        except Exception as fault:  # Rule 2.13
-            self._fail(fault)
+        self._hand_downstream(subscription, self.hook_start)
 
     @final
     def on_next(self, item: T) -> None:

@@ -61,8 +61,12 @@ class RateExceededError(Exception):
 # -- sample ------------------------------------------------------------------------------------
 
 
-class _Sample(TimedStrategySubscriber[T, T]):
-    """Keeps the newest item; each tick makes it ready; ready waits for demand."""
+class _LatestHolder(TimedStrategySubscriber[T, T]):
+    """Holds the newest item between periods (``sample``, ``throttle_latest``).
+
+    On upstream completion the held item is delivered (``emit_last``) or
+    counted as dropped; on clear it is counted under the given reason.
+    """
 
     __slots__ = ("_emit_last", "_latest", "_period")
 
@@ -78,6 +82,30 @@ class _Sample(TimedStrategySubscriber[T, T]):
         self._period = period
         self._emit_last = emit_last
         self._latest: T | None = None  # guarded by _state
+
+    @override
+    def hook_upstream_complete(self) -> None:
+        latest, self._latest = self._latest, None
+        if latest is not None:
+            if self._emit_last:
+                self._push_ready_locked(latest)
+            else:
+                self.stats.count_drop("emit_last")
+                self._held(-1)
+        self._dispose_timers()
+
+    @override
+    def hook_clear_locked(self, reason: str) -> None:
+        if self._latest is not None:
+            self._latest = None
+            self.stats.count_drop(reason)
+            self._held(-1)
+
+
+class _Sample(_LatestHolder[T]):
+    """Keeps the newest item; each tick makes it ready; ready waits for demand."""
+
+    __slots__ = ()
 
     @override
     def hook_start(self) -> None:
@@ -102,24 +130,6 @@ class _Sample(TimedStrategySubscriber[T, T]):
             # A sample still waiting for demand is replaced by the newer one.
             self._replace_ready_locked(latest, "stale")
         self._schedule()
-
-    @override
-    def hook_upstream_complete(self) -> None:
-        latest, self._latest = self._latest, None
-        if latest is not None:
-            if self._emit_last:
-                self._push_ready_locked(latest)
-            else:
-                self.stats.count_drop("emit_last")
-                self._held(-1)
-        self._dispose_timers()
-
-    @override
-    def hook_clear_locked(self, reason: str) -> None:
-        if self._latest is not None:
-            self._latest = None
-            self.stats.count_drop(reason)
-            self._held(-1)
 
 
 def sample(
@@ -189,7 +199,7 @@ def throttle_first(
 # -- throttle_latest ---------------------------------------------------------------------------
 
 
-class _ThrottleLatest(TimedStrategySubscriber[T, T]):
+class _ThrottleLatest(_LatestHolder[T]):
     """Delivers at once when quiet, then at most one item (the newest) per period.
 
     A window starts when an item is delivered; while it is open, arrivals
@@ -197,7 +207,7 @@ class _ThrottleLatest(TimedStrategySubscriber[T, T]):
     waiting for demand is replaced by newer arrivals (it is not yet sent).
     """
 
-    __slots__ = ("_emit_last", "_latest", "_period", "_window")
+    __slots__ = ("_window",)
 
     def __init__(
         self,
@@ -207,12 +217,8 @@ class _ThrottleLatest(TimedStrategySubscriber[T, T]):
         scheduler: Scheduler,
         meter: BackpressureMeter | None,
     ) -> None:
-        super().__init__(actual, 2, meter, scheduler)
-        self._period = period
-        self._emit_last = emit_last
-        # Guarded by _state.
-        self._latest: T | None = None
-        self._window: Cancellable | None = None
+        super().__init__(actual, period, emit_last, scheduler, meter)
+        self._window: Cancellable | None = None  # guarded by _state
 
     @override
     def hook_item(self, item: T) -> None:
@@ -242,24 +248,6 @@ class _ThrottleLatest(TimedStrategySubscriber[T, T]):
             if latest is not None:
                 self._push_ready_locked(latest)
         self._schedule()
-
-    @override
-    def hook_upstream_complete(self) -> None:
-        latest, self._latest = self._latest, None
-        if latest is not None:
-            if self._emit_last:
-                self._push_ready_locked(latest)
-            else:
-                self.stats.count_drop("emit_last")
-                self._held(-1)
-        self._dispose_timers()
-
-    @override
-    def hook_clear_locked(self, reason: str) -> None:
-        if self._latest is not None:
-            self._latest = None
-            self.stats.count_drop(reason)
-            self._held(-1)
 
 
 def throttle_latest(
