@@ -36,6 +36,12 @@ How the rules hold:
 * Rule 2.13: an exception from the downstream ``on_next`` or from a hook
   cancels the upstreams and becomes ``on_error``.
 
+* Terminal state: how the stream ends lives in one ``Terminal``
+  (``_terminal.py``): an upstream error is recorded together with "ended",
+  and the pass that finds the stream over delivers what ``Terminal.finish``
+  returns, so an error recorded before that moment is never turned into
+  ``on_complete``, and exactly one terminal signal is delivered.
+
 Errors: an upstream error (``_signal_error``) cuts ahead of queued items
 unless the class sets ``delay_error = True``, in which case ``hook_drain``
 delivers it after the queue (``QueueDrainSubscriber`` does that by default,
@@ -57,6 +63,7 @@ from ._demand import UNBOUNDED, add_cap, check_request, produced
 from ._hooks import ProtocolViolationError, report_undeliverable
 from ._operator import CANCELLED
 from ._signals import signal_complete, signal_error
+from ._terminal import Terminal
 
 if TYPE_CHECKING:
     from ..abc import Subscriber, Subscription
@@ -81,28 +88,23 @@ class QueueDrain(Generic[R_co]):
     * ``hook_drain(actual, requested)``: one pass, called only by the loop
       owner; emit at most ``requested`` items with ``actual.on_next`` (stop
       early when ``self._halted`` becomes true), return how many were emitted,
-      and call ``self._terminate(actual, error_or_None)`` when the stream is
-      over.
+      and call ``self._terminate(actual)`` when the stream is over (all
+      sources done, nothing queued): that delivers the recorded ending, and an
+      error recorded at any moment before wins over the completion the pass
+      decided on (see ``_terminal.py``).
     * ``hook_cancel_upstreams()``: cancel every upstream (thread-safe; may be
       called more than once).
     * ``hook_clear()``: drop queued items (loop owner only).
 
-    From the upstream side call ``_schedule()`` after queueing an item or
-    recording a completion, ``_signal_error(error)`` for an upstream error and
-    ``_fail(error)`` for the operator's own failure.
+    From the upstream side call ``_schedule()`` after queueing an item,
+    ``_upstream_complete()`` when the single upstream completed,
+    ``_signal_error(error)`` for an upstream error and ``_fail(error)`` for the
+    operator's own failure. An error is never signalled by setting a flag:
+    it is recorded in ``_terminal`` first, and only then may anything that
+    lets a pass decide "done" (an inner's ``done``) become visible.
     """
 
-    __slots__ = (
-        "_actual",
-        "_cancelled",
-        "_error",
-        "_fatal",
-        "_finished",
-        "_halted",
-        "_lock",
-        "_requested",
-        "_wip",
-    )
+    __slots__ = ("_actual", "_halted", "_lock", "_requested", "_terminal", "_wip")
 
     delay_error: ClassVar[bool] = False
     """Whether an upstream error waits until the queued items were delivered."""
@@ -116,32 +118,30 @@ class QueueDrain(Generic[R_co]):
         # Guarded by _lock: work-in-progress; the thread that moves it from 0
         # owns the loop. Never returns to 0 after a terminal signal or cancel.
         self._wip = 0
-        # Set once under _lock. _cancelled: downstream cancelled.
-        # _finished: the terminal signal was claimed by the loop owner.
-        self._cancelled = False
-        self._finished = False
-        # Set once under _lock; read without it, per item, by hook_drain:
-        # nothing more may be emitted (cancel, a fatal error, an eager error).
+        # How the stream ends (its own lock). Closed once downstream cancelled
+        # or the loop owner claimed the ending for delivery.
+        self._terminal = Terminal(self)
+        # Set once, after the terminal state changed; read without a lock, per
+        # item, by hook_drain: nothing more may be emitted (cancel, an eager
+        # error, a delivered terminal).
         self._halted = False
-        # Guarded by _lock, set once: an upstream error (obeys delay_error) ...
-        self._error: Exception | None = None
-        # ... and an error that always cuts ahead (Rule 3.9, a raising callback).
-        self._fatal: Exception | None = None
 
     # -- the Subscription interface ------------------------------------------------
 
     @final
     def request(self, n: int) -> None:
         """Add ``n`` to the demand and drain; a bad ``n`` becomes ``on_error`` (Rule 3.9)."""
+        terminal = self._terminal
+        if terminal._closed:
+            return  # Rule 3.6
         error = check_request(n)
+        # Rule 3.9 cuts ahead of queued items; a second bad request is a no-op.
+        if error is not None and terminal.fail(error, eager=True, quiet=True):
+            self._halted = True
+            self._cancel_upstreams()
         with self._lock:
-            if self._cancelled or self._finished:
-                return  # Rule 3.6
             if error is None:
                 self._requested = add_cap(self._requested, n)
-            elif self._fatal is None:
-                self._fatal = error
-                self._halted = True
             self._wip += 1
             if self._wip != 1:
                 return  # Rule 3.3: the running loop takes the new demand
@@ -150,17 +150,16 @@ class QueueDrain(Generic[R_co]):
     @final
     def cancel(self) -> None:
         """Cancel every upstream, clear the queues, drop the subscriber (Rules 3.5, 3.7, 3.13)."""
+        if not self._terminal.cancel():
+            return  # Rule 3.7: already cancelled or terminated
+        self._halted = True
         with self._lock:
-            if self._cancelled or self._finished:
-                return
-            self._cancelled = True
-            self._halted = True
             self._wip += 1
             owner = self._wip == 1
         self._cancel_upstreams()
         if owner:
             self._release()
-        # Otherwise the loop owner sees _cancelled and releases.
+        # Otherwise the loop owner sees the closed terminal and releases.
 
     # -- for subclasses ---------------------------------------------------------------
 
@@ -176,60 +175,61 @@ class QueueDrain(Generic[R_co]):
         """Run the loop; an operator that hops threads (``publish_on``) overrides this."""
         self._drain_loop()
 
+    def _upstream_complete(self) -> None:
+        """Record that the single upstream completed (after its last item was queued)."""
+        if self._terminal.complete():
+            self._schedule()
+
+    @property
+    def _upstream_done(self) -> bool:
+        """Whether the upstream's ending (completion or error) was recorded: one read."""
+        return self._terminal._ending is not None
+
     def _signal_error(self, error: Exception) -> None:
-        """Record an upstream error (first one wins; later ones are reported) and drain.
+        """Record an upstream error (first ending wins; a later one is reported) and drain.
 
         Unless ``delay_error``, it cuts ahead: emission stops and every
         upstream is cancelled now.
         """
         eager = not self.delay_error
-        with self._lock:
-            if self._error is not None or self._fatal is not None or self._finished:
-                late = True
-            else:
-                late = self._cancelled
-                if not late:
-                    self._error = error
-                    if eager:
-                        self._halted = True
-        if late:
-            report_undeliverable(error, f"{self!r} after terminal/cancel")
-            return
+        if not self._terminal.fail(error, eager=eager):
+            return  # reported by the terminal (Rule 1.7)
         if eager:
+            self._halted = True
             self._cancel_upstreams()
         self._schedule()
 
     def _fail(self, error: Exception) -> None:
         """Fail the operator (a raising callback, an overflow): cancel all, signal ``error``."""
-        with self._lock:
-            late = self._cancelled or self._finished or self._fatal is not None
-            if not late:
-                self._fatal = error
-                self._halted = True
-        if late:
-            report_undeliverable(error, f"{self!r} after terminal/cancel")
-            return
+        if self._record_fatal(error):
+            self._schedule()
+
+    def _record_fatal(self, error: Exception) -> bool:
+        """Record ``error`` as an ending that cuts ahead; cancel upstreams. ``False`` if late."""
+        if not self._terminal.fail(error, eager=True):
+            return False
+        self._halted = True
         self._cancel_upstreams()
-        self._schedule()
+        return True
 
-    def _terminate(self, actual: Subscriber[R_co], error: Exception | None) -> None:
-        """Deliver the terminal signal once (loop owner only), then release.
+    def _terminate(self, actual: Subscriber[R_co], error: Exception | None = None) -> None:
+        """Deliver the stream's ending once (loop owner only), then release.
 
-        An error also cancels every upstream. After this the loop never runs
-        again.
+        ``error`` is what the pass decided (``None``: complete); an ending
+        recorded earlier wins (``Terminal.finish``). An error also cancels
+        every upstream. After this the loop never runs again.
         """
-        with self._lock:
-            if self._cancelled or self._finished:
-                return
-            self._finished = True
-            self._halted = True
-        if error is not None:
+        ending = self._terminal.finish(error)
+        if ending is None:
+            return  # cancelled meanwhile: the loop releases
+        self._halted = True
+        if ending.error is not None:
             self._cancel_upstreams()
         self._release()
-        if error is None:
+        if ending.error is None:
             signal_complete(actual, self)
         else:
-            signal_error(actual, error, self)
+            signal_error(actual, ending.error, self)
 
     def _accept_upstream(self, current: Subscription, subscription: Subscription) -> bool:
         """Whether ``subscription`` may become the single upstream (Rules 2.13, 2.5)."""
@@ -274,32 +274,30 @@ class QueueDrain(Generic[R_co]):
 
     def _drain_loop(self) -> None:
         lock = self._lock
+        terminal = self._terminal
         missed = 1
         while True:
             actual = self._actual
-            if self._cancelled or actual is None:
-                self._release()
+            if terminal._closed or actual is None:
+                self._release()  # Rules 3.7, 3.13: cancelled (or delivered)
                 return
             with lock:
                 requested = self._requested
-                fatal = self._fatal
-                error = self._error
-            if fatal is not None:
-                self._terminate(actual, fatal)
-                return
-            if error is not None and not self.delay_error:
-                self._terminate(actual, error)
+            ending = terminal._ending
+            if ending is not None and ending.eager:
+                self._terminate(actual)  # Rule 3.9 / a failed callback cut ahead
                 return
             try:
                 emitted = self.hook_drain(actual, requested)
             except Exception as fault:  # Rule 2.13: the downstream or a hook raised
-                if self._finished or self._cancelled:
+                if terminal._closed:
                     report_undeliverable(fault, f"{self!r} after terminal/cancel")
                     self._release()
                 else:
                     self._terminate(actual, fault)
                 return
-            if self._finished:
+            if terminal._closed:
+                self._release()  # delivered by hook_drain, or cancelled during it
                 return
             with lock:
                 if emitted:
@@ -316,6 +314,8 @@ class QueueDrain(Generic[R_co]):
             report_undeliverable(fault, f"{self!r} while cancelling upstream")
 
     def _release(self) -> None:
+        if self._actual is None:
+            return  # released once already
         self._actual = None
         try:
             self.hook_clear()
@@ -328,10 +328,11 @@ class QueueDrain(Generic[R_co]):
         return self._requested
 
     def __repr__(self) -> str:
-        if self._cancelled:
-            state = "cancelled"
-        elif self._finished:
-            state = "finished"
+        terminal = self._terminal
+        if terminal._closed:
+            state = "closed"
+        elif terminal._ending is not None:
+            state = "ending"
         else:
             state = "active"
         demand = "unbounded" if self._requested == UNBOUNDED else str(self._requested)
@@ -367,7 +368,7 @@ class QueueDrainSubscriber(QueueDrain[T]):
                 ...  # every `low` delivered items: self.request_upstream(low)
     """
 
-    __slots__ = ("_capacity", "_queue", "_upstream", "_upstream_done")
+    __slots__ = ("_capacity", "_queue", "_upstream")
 
     delay_error: ClassVar[bool] = True
 
@@ -381,9 +382,9 @@ class QueueDrainSubscriber(QueueDrain[T]):
         self._queue: deque[T] = deque()
         # Invariant: CANCELLED until on_subscribe.
         self._upstream: Subscription = CANCELLED
-        # Set once, after the last item was queued (so a reader that sees it
-        # sees every item); read without the lock.
-        self._upstream_done = False
+        # The upstream's ending is recorded in _terminal after its last item
+        # was queued, so a pass that reads the ending and then finds the queue
+        # empty has seen every item.
 
     # -- the Subscriber interface --------------------------------------------------------
 
@@ -417,19 +418,12 @@ class QueueDrainSubscriber(QueueDrain[T]):
         """Record the upstream failure (delivered after the queue when ``delay_error``)."""
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
-        if self._upstream_done:
-            report_undeliverable(error, f"{self!r} after upstream terminal (Rule 1.7)")
-            return
-        self._upstream_done = True
-        self._signal_error(error)
+        self._signal_error(error)  # a second terminal is reported (Rule 1.7)
 
     @final
     def on_complete(self) -> None:
         """Record the upstream completion; it is delivered after the queued items."""
-        if self._upstream_done:
-            return
-        self._upstream_done = True
-        self._schedule()
+        self._upstream_complete()
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -463,10 +457,10 @@ class QueueDrainSubscriber(QueueDrain[T]):
             emitted += 1
         if emitted:
             self.hook_on_emitted(emitted)
-        # Read _upstream_done before looking at the queue: items are queued
-        # before it is set, so "done and empty" is final.
-        if self._upstream_done and not queue and not self._halted:
-            self._terminate(actual, self._error)
+        # Read the ending before looking at the queue: items are queued before
+        # it is recorded, so "ended and empty" is final.
+        if self._terminal._ending is not None and not queue and not self._halted:
+            self._terminate(actual)
         return emitted
 
     @override
@@ -489,7 +483,9 @@ class InnerQueueSubscriber(Generic[T]):
     beyond ``prefetch`` fails the parent (the source broke Rule 1.1).
 
     ``queue`` and ``done`` are read by the parent's loop owner: read ``done``
-    first, then the queue (items are queued before ``done`` is set).
+    first, then the queue (items are queued before ``done`` is set). ``done``
+    set by ``on_error`` becomes visible only after the error was recorded in
+    the parent's terminal state.
     """
 
     __slots__ = (
@@ -560,8 +556,11 @@ class InnerQueueSubscriber(Generic[T]):
         if self.done:
             report_undeliverable(error, f"inner of {self._parent!r} after terminal (Rule 1.7)")
             return
-        self.done = True
+        # Record the error in the parent's terminal *before* ``done`` is
+        # visible: a pass that sees this source done and empty may decide the
+        # stream is complete, and must then find the error already recorded.
         self._parent._signal_error(error)
+        self.done = True
 
     def on_complete(self) -> None:
         """Mark this source finished and let the parent drain."""

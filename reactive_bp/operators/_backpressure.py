@@ -388,7 +388,6 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
         "_state",
         "_timers",
         "_upstream",
-        "_upstream_done",
         "stats",
     )
 
@@ -410,8 +409,6 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
         self._clock = clock
         # Invariant: CANCELLED until on_subscribe.
         self._upstream: Subscription = CANCELLED
-        # Set once, after the last item was handled.
-        self._upstream_done = False
         self.stats = BufferStats(capacity)
         if meter is not None:
             meter.attach(self.stats)
@@ -445,11 +442,7 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
         """Fail downstream ahead of the held items."""
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
-        if self._upstream_done:
-            report_undeliverable(error, f"{self!r} after upstream terminal (Rule 1.7)")
-            return
-        self._upstream_done = True
-        self._signal_error(error)
+        self._signal_error(error)  # recorded with "ended" at once; a late one is reported
 
     @final
     def on_complete(self) -> None:
@@ -458,7 +451,9 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
             return
         try:
             with self._state:
-                self._upstream_done = True
+                # Recorded under _state, where the drain reads "ended and idle".
+                if not self._terminal.complete():
+                    return
                 self.hook_upstream_complete()
         except Exception as fault:
             self._fail(fault)
@@ -570,7 +565,7 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
             else:
                 stats.pressure_started(now)  # held items wait for demand
         if finished and not self._halted:
-            self._terminate(actual, None)
+            self._terminate(actual)  # an error recorded meanwhile wins
         return emitted
 
     @override
@@ -580,7 +575,7 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
 
     @override
     def hook_clear(self) -> None:
-        reason = "cancelled" if self._cancelled else "error"
+        reason = "cancelled" if self._terminal.is_cancelled else "error"
         with self._state:
             for _, weight in self._ready:
                 self.stats.count_drop(reason, weight)

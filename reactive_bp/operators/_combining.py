@@ -15,6 +15,7 @@ from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED, EmptySubscription
 from .._core._queue_drain import InnerQueueSubscriber, QueueDrain, replenish_limit
 from .._core._signals import signal_complete, signal_error
+from .._core._terminal import Terminal
 from .._flow import Flow
 
 if TYPE_CHECKING:
@@ -71,11 +72,11 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
     __slots__ = (
         "_cursor",
         "_inners",
+        "_main_done",
         "_mapper",
         "_max_concurrency",
         "_prefetch",
         "_upstream",
-        "_upstream_done",
     )
 
     def __init__(
@@ -91,8 +92,10 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
         self._prefetch = prefetch
         # Invariant: CANCELLED until on_subscribe.
         self._upstream: Subscription = CANCELLED
-        # Set once, after the last inner was registered; read without the lock.
-        self._upstream_done = False
+        # Set once when upstream completed, after the last inner was
+        # registered; read without the lock. An upstream error never sets it:
+        # it goes to _terminal, so no pass can see "done" without the error.
+        self._main_done = False
         # Guarded by _lock: the active inners, in subscription order.
         self._inners: dict[InnerQueueSubscriber[R], None] = {}
         # Loop owner only: where the next pass starts (fairness between inners).
@@ -127,7 +130,7 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
         """Map ``item`` to a publisher and subscribe to it."""
         if item is None:
             raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
-        if self._halted or self._upstream_done:
+        if self._halted or self._main_done:
             return  # Rule 2.8
         try:
             flow = _inner_flow(self._mapper, item)
@@ -148,26 +151,25 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
         """Fail at once: cancel the inners and signal ``error`` (it cuts ahead)."""
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
-        if self._upstream_done:
+        if self._main_done:
             report_undeliverable(error, f"{self!r} after upstream terminal (Rule 1.7)")
             return
-        self._upstream_done = True
         self._signal_error(error)
 
     def on_complete(self) -> None:
         """Complete once every inner has finished and its queue was delivered."""
-        if self._upstream_done:
+        if self._main_done:
             return
-        self._upstream_done = True
+        self._main_done = True
         self._schedule()
 
     # -- the drain ------------------------------------------------------------------------------
 
     @override
     def hook_drain(self, actual: Subscriber[R], requested: int) -> int:
-        # Read _upstream_done before the snapshot: an inner is registered
+        # Read _main_done before the snapshot: an inner is registered
         # before upstream can complete, so "done and no inners" is final.
-        upstream_done = self._upstream_done
+        upstream_done = self._main_done
         with self._lock:
             inners = list(self._inners)
         count = len(inners)
@@ -204,7 +206,7 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
         else:
             active = count
         if upstream_done and active == 0 and not self._halted:
-            self._terminate(actual, None)
+            self._terminate(actual)  # an error recorded meanwhile wins
         return emitted
 
     @override
@@ -413,13 +415,6 @@ def concat(sources: tuple[Publisher[T], ...]) -> Flow[T]:
 # -- concat_map -------------------------------------------------------------------------------
 
 
-class _Unset:
-    __slots__ = ()
-
-
-_UNSET = _Unset()
-
-
 class _ConcatMapInner(SubscriptionArbiter, Generic[R]):
     """The subscriber of each inner in turn; its arbiter is downstream's demand."""
 
@@ -484,7 +479,6 @@ class _ConcatMapMain(Generic[T, R]):
     __slots__ = (
         "_active",
         "_actual",
-        "_cancelled",
         "_consumed",
         "_gate",
         "_halted",
@@ -523,9 +517,8 @@ class _ConcatMapMain(Generic[T, R]):
         self._consumed = 0
         # Set once: nothing more is emitted or subscribed.
         self._halted = False
-        self._cancelled = False
-        # Guarded by _lock, set once: None (complete) or the error to signal.
-        self._terminal: Exception | _Unset | None = _UNSET
+        # How the stream ends; claimed by whoever holds the gate for good.
+        self._terminal = Terminal(self)
         self._gate = threading.Lock()
         self._inner: _ConcatMapInner[R] = _ConcatMapInner(self)
 
@@ -537,9 +530,8 @@ class _ConcatMapMain(Generic[T, R]):
 
     def cancel(self) -> None:
         """Cancel upstream and the current inner; drop the subscriber (Rules 3.7, 3.13)."""
-        if self._cancelled:
+        if not self._terminal.cancel():
             return
-        self._cancelled = True
         self._halted = True
         self._actual = None
         self._inner.cancel()
@@ -595,8 +587,7 @@ class _ConcatMapMain(Generic[T, R]):
         if self._upstream_done:
             report_undeliverable(error, f"{self!r} after upstream terminal (Rule 1.7)")
             return
-        self._upstream_done = True
-        self._fail(error)
+        self._fail(error)  # recorded in _terminal; _upstream_done stays for completion
 
     def on_complete(self) -> None:
         """Complete after the queued items' inners have finished."""
@@ -620,7 +611,7 @@ class _ConcatMapMain(Generic[T, R]):
             self._fail(fault)
             return
         gate.release()
-        if self._terminal is not _UNSET:
+        if self._terminal._ending is not None:
             self._deliver_terminal()  # it arrived while we held the gate
 
     def _inner_done(self) -> None:
@@ -630,39 +621,31 @@ class _ConcatMapMain(Generic[T, R]):
     # -- terminal ---------------------------------------------------------------------------------
 
     def _fail(self, error: Exception) -> None:
-        with self._lock:
-            late = self._terminal is not _UNSET or self._cancelled
-            if not late:
-                self._terminal = error
-                self._halted = True
-        if late:
-            report_undeliverable(error, f"{self!r} after terminal/cancel")
-            return
+        if not self._terminal.fail(error, eager=True):
+            return  # reported by the terminal
+        self._halted = True
         self._inner.cancel()
         cancel_quietly(self._upstream)
         self._deliver_terminal()
         self._schedule()  # the loop owner clears the queue
 
     def _complete(self) -> None:
-        with self._lock:
-            if self._terminal is not _UNSET:
-                return
-            self._terminal = None
-            self._halted = True
+        self._terminal.complete()  # an error recorded first wins
+        self._halted = True
         self._deliver_terminal()
 
     def _deliver_terminal(self) -> None:
         # Whoever takes the gate keeps it: no on_next can follow (Rule 1.7).
         if not self._gate.acquire(blocking=False):
             return  # an on_next is in flight; its thread calls us again
+        ending = self._terminal.claim()
         actual, self._actual = self._actual, None
-        terminal = self._terminal
-        if actual is None or isinstance(terminal, _Unset):
+        if actual is None or ending is None:
             return
-        if terminal is None:
+        if ending.error is None:
             signal_complete(actual, self)
         else:
-            signal_error(actual, terminal, self)
+            signal_error(actual, ending.error, self)
 
     # -- the loop ----------------------------------------------------------------------------------
 

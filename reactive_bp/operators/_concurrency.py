@@ -258,7 +258,6 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
         "_results",
         "_runner",
         "_upstream",
-        "_upstream_done",
     )
 
     def __init__(
@@ -274,8 +273,6 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
         self._ordered = ordered
         # Invariant: CANCELLED until on_subscribe.
         self._upstream: Subscription = CANCELLED
-        # Set once (after the last call was started); read without the lock.
-        self._upstream_done = False
         # Guarded by _lock: requested upstream and not yet received; calls
         # started and not finished; the calls not finished, with handles.
         self._asked = 0
@@ -352,18 +349,11 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
         """Fail at once: the calls still running are cancelled."""
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
-        if self._upstream_done:
-            report_undeliverable(error, f"{self!r} after upstream terminal (Rule 1.7)")
-            return
-        self._upstream_done = True
-        self._signal_error(error)
+        self._signal_error(error)  # recorded with "ended" at once; a late one is reported
 
     def on_complete(self) -> None:
         """Complete once every call has finished and its result was delivered."""
-        if self._upstream_done:
-            return
-        self._upstream_done = True
-        self._schedule()
+        self._upstream_complete()  # recorded after the last call was started
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -411,12 +401,12 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
             self._upstream.request(emitted)
         if self._halted:
             return emitted
-        # Read _upstream_done first: a call is registered before upstream completes.
+        # Read the ending first: a call is registered before upstream completes.
         done = self._upstream_done
         with lock:
             idle = self._in_flight == 0 and not results
         if done and idle:
-            self._terminate(actual, None)
+            self._terminate(actual)
         return emitted
 
     @override

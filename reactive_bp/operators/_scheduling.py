@@ -49,12 +49,8 @@ class _PublishOnSubscriber(_LimitRateSubscriber[T]):
         try:
             self._scheduler.schedule(self._drain_loop)
         except Exception as error:  # e.g. a shut-down pool: fail here rather than hang
-            with self._lock:
-                if self._fatal is None:
-                    self._fatal = error
-                    self._halted = True
-            self._cancel_upstreams()
-            self._drain_loop()
+            self._record_fatal(error)
+            self._drain_loop()  # this thread owns the loop (it moved _wip from 0)
 
 
 def publish_on(source: Flow[T], scheduler: Scheduler, prefetch: int) -> Flow[T]:

@@ -66,7 +66,6 @@ class _DelaySubscriber(QueueDrain[T]):
         "_scheduler",
         "_timer",
         "_upstream",
-        "_upstream_done",
     )
 
     delay_error: ClassVar[bool] = False
@@ -84,9 +83,9 @@ class _DelaySubscriber(QueueDrain[T]):
         self._asked = 0
         # Guarded by _lock: the one pending timer; None when none is armed.
         self._timer: Cancellable | None = None
-        # Set once (after the last item was queued); read without the lock.
-        self._upstream_done = False
-        self._complete_at = 0.0  # written before _upstream_done
+        # Written once, before the completion is recorded in _terminal (which
+        # _upstream_done reads), so a pass that sees the ending sees it too.
+        self._complete_at = 0.0
 
     # -- upstream side -------------------------------------------------------------------
 
@@ -134,19 +133,14 @@ class _DelaySubscriber(QueueDrain[T]):
         """Fail at once: held items are dropped (errors are not delayed)."""
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
-        if self._upstream_done:
-            report_undeliverable(error, f"{self!r} after upstream terminal (Rule 1.7)")
-            return
-        self._upstream_done = True
-        self._signal_error(error)
+        self._signal_error(error)  # recorded with "ended" at once; a late one is reported
 
     def on_complete(self) -> None:
         """Complete ``delay`` seconds from now, after the held items."""
         if self._upstream_done:
             return
         self._complete_at = self._scheduler.now() + self._delay
-        self._upstream_done = True
-        self._schedule()
+        self._upstream_complete()
 
     # -- the drain -------------------------------------------------------------------------
 
@@ -178,13 +172,13 @@ class _DelaySubscriber(QueueDrain[T]):
             emitted += 1
         if self._halted:
             return emitted
-        # Read _upstream_done before the queue: items are queued before it is set.
+        # Read the ending before the queue: items are queued before it is recorded.
         done = self._upstream_done
         if queue:
             deadline = queue[0][0]
         elif done:
             if self._complete_at <= now:
-                self._terminate(actual, None)
+                self._terminate(actual)
                 return emitted
             deadline = self._complete_at
         else:
