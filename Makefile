@@ -21,7 +21,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -20,6 +20,10 @@ How the rules hold:
   the subscriber (``_release``).
 * Rule 2.13: if ``actual.on_next`` raises, the subscription is treated as
   cancelled and the error is delivered to ``actual.on_error``.
+* Exactly one terminal signal: how the stream ends is recorded in one
+  ``Terminal`` (``_terminal.py``); the source's own ending goes through
+  ``Terminal.finish`` and the loop owner delivers a stop's error through
+  ``Terminal.claim``, so the two can never both be signalled.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from ._demand import UNBOUNDED, add_cap, check_request, produced
 from ._hooks import report_undeliverable
 from ._signals import signal_complete, signal_error
+from ._terminal import Terminal
 
 if TYPE_CHECKING:
     from ..abc import Subscriber
@@ -56,15 +61,7 @@ class SubscriberFault(Exception):
 class PullSubscription(Generic[T]):
     """A subscription whose source produces items only while there is demand."""
 
-    __slots__ = (
-        "_actual",
-        "_cancelled",
-        "_emitting",
-        "_lock",
-        "_pending_error",
-        "_requested",
-        "_stopped",
-    )
+    __slots__ = ("_actual", "_emitting", "_lock", "_requested", "_stopped", "_terminal")
 
     def __init__(self, actual: Subscriber[T]) -> None:
         # Invariant: _actual is None only after _release (Rule 3.13).
@@ -75,12 +72,12 @@ class PullSubscription(Generic[T]):
         # Guarded by _lock: True while one thread owns the drain loop; stays
         # True after a stop so no loop ever starts again.
         self._emitting = False
-        # Set once (by cancel, a bad request, a fault or termination); read
-        # without the lock in the per-item loop.
+        # Set once under _lock (by cancel, a bad request, a fault or the
+        # source's ending), after _terminal changed; read without the lock in
+        # the per-item loop.
         self._stopped = False
-        self._cancelled = False
-        # Guarded by _lock: the error the loop owner must signal once it stops.
-        self._pending_error: Exception | None = None
+        # How the stream ends: a stop's error waits here for the loop owner.
+        self._terminal = Terminal(self)
 
     # -- the Subscription interface ----------------------------------------
 
@@ -93,8 +90,8 @@ class PullSubscription(Generic[T]):
             if error is None:
                 self._requested = add_cap(self._requested, n)
             else:
+                self._terminal.fail(error, eager=True, quiet=True)
                 self._stopped = True
-                self._pending_error = error
             if self._emitting:
                 return  # Rule 3.3: the running loop takes the new demand
             self._emitting = True
@@ -103,11 +100,8 @@ class PullSubscription(Generic[T]):
     def cancel(self) -> None:
         """Stop signalling and release the subscriber (Rules 3.5, 3.7, 3.12, 3.13)."""
         with self._lock:
-            if self._cancelled:
-                return
-            self._cancelled = True
+            self._terminal.cancel()  # a stop's error not yet signalled is dropped
             self._stopped = True
-            self._pending_error = None
             if self._emitting:
                 return  # the loop owner releases when it sees _stopped
             self._emitting = True
@@ -138,29 +132,35 @@ class PullSubscription(Generic[T]):
         """Free source resources (close an iterator, dispose a state)."""
 
     def _finish(self, actual: Subscriber[T], error: Exception | None = None) -> None:
-        """Signal the terminal event once, unless cancelled (Rules 1.4, 1.5, 1.7)."""
+        """Signal the terminal event once, unless cancelled (Rules 1.4, 1.5, 1.7).
+
+        A stop recorded first (a Rule 3.9 bad request) wins over the source's
+        own ending, which is then reported rather than signalled.
+        """
         with self._lock:
-            if self._cancelled:
-                return
             self._stopped = True
-            self._pending_error = None
-        if error is None:
+        ending = self._terminal.finish(error)
+        if ending is None:
+            return  # cancelled
+        if ending.error is None:
             signal_complete(actual, self)
         else:
-            signal_error(actual, error, self)
+            signal_error(actual, ending.error, self)
 
     def _fault(self, error: Exception) -> None:
         """Stop and signal ``error`` from whichever thread owns the loop."""
         with self._lock:
-            if self._stopped:
-                if not self._cancelled:
-                    report_undeliverable(error, repr(self))
-                return
-            self._stopped = True
-            self._pending_error = error
-            if self._emitting:
-                return
-            self._emitting = True
+            late = self._stopped
+            if not late:
+                self._terminal.fail(error, eager=True)
+                self._stopped = True
+                if self._emitting:
+                    return
+                self._emitting = True
+        if late:
+            if not self._terminal.is_cancelled:
+                report_undeliverable(error, repr(self))
+            return
         self._drain()
 
     # -- the loop --------------------------------------------------------------
@@ -182,8 +182,9 @@ class PullSubscription(Generic[T]):
                 emitted = self._emit(actual, n)
             except SubscriberFault as fault:
                 with lock:
+                    # Rule 2.13: signalled below, unless already cancelled.
+                    self._terminal.fail(fault.cause, eager=True, quiet=True)
                     self._stopped = True
-                    self._pending_error = None if self._cancelled else fault.cause
                 break
             with lock:
                 if self._stopped:
@@ -192,14 +193,17 @@ class PullSubscription(Generic[T]):
                 if emitted < n:
                     self._emitting = False  # the source has nothing more for now
                     return
-        with lock:
-            error = self._pending_error
-            self._pending_error = None
-        if error is not None:
-            signal_error(actual, error, self)
+        ending = self._terminal.claim()  # a stop's error, if one is waiting
+        if ending is not None:
+            if ending.error is None:  # pragma: no cover - completion goes through _finish
+                signal_complete(actual, self)
+            else:
+                signal_error(actual, ending.error, self)
         self._release()
 
     def _release(self) -> None:
+        if self._actual is None:
+            return  # released once already
         self._actual = None
         try:
             self._on_release()

@@ -13,6 +13,7 @@ from .._core._demand import add_cap, check_request, produced
 from .._core._hooks import report_undeliverable
 from .._core._operator import EmptySubscription
 from .._core._signals import signal_complete, signal_error
+from .._core._terminal import Terminal
 from .._flow import Flow
 from ._iterable import NoneItemError
 
@@ -34,15 +35,14 @@ class _AsyncPullSubscription(Generic[T]):
 
     __slots__ = (
         "_actual",
-        "_cancelled",
         "_iterator",
         "_lock",
         "_loop",
-        "_pending_error",
         "_requested",
         "_running",
         "_source",
         "_task",
+        "_terminal",
     )
 
     def __init__(
@@ -59,19 +59,21 @@ class _AsyncPullSubscription(Generic[T]):
         self._lock = threading.Lock()
         self._requested = 0  # guarded by _lock
         self._running = False  # guarded by _lock: a pump task exists
-        self._cancelled = False
-        self._pending_error: Exception | None = None  # guarded by _lock
+        # How the stream ends: a bad request waits here for the pump; closed
+        # once the pump delivered the ending or downstream cancelled.
+        self._terminal = Terminal(source)
         self._task: asyncio.Task[None] | None = None
 
     def request(self, n: int) -> None:
         error = check_request(n)
+        terminal = self._terminal
         with self._lock:
-            if self._cancelled:
-                return
+            if terminal.is_closed:
+                return  # Rule 3.6
             if error is None:
                 self._requested = add_cap(self._requested, n)
-            elif self._pending_error is None:
-                self._pending_error = error
+            else:
+                terminal.fail(error, eager=True, quiet=True)  # Rule 3.9, signalled by the pump
             if self._running:
                 return
             self._running = True
@@ -88,22 +90,23 @@ class _AsyncPullSubscription(Generic[T]):
             self._loop.call_soon_threadsafe(self._create_task)
 
     def _create_task(self) -> None:
-        if not self._cancelled:
+        if not self._terminal.is_closed:
             self._task = self._loop.create_task(self._pump())
 
     async def _pump(self) -> None:
         while True:
+            terminal = self._terminal
             with self._lock:
                 actual = self._actual
-                if self._cancelled or actual is None:
+                if terminal.is_closed or actual is None:
                     self._running = False
                     return
-                error = self._pending_error
-                if error is None and self._requested == 0:
+                ending = terminal.ending
+                if ending is None and self._requested == 0:
                     self._running = False
                     return
-            if error is not None:
-                self._finish(actual, error)
+            if ending is not None:
+                self._finish(actual, None)  # delivers the recorded ending
                 return
             try:
                 item = await self._iterator.__anext__()
@@ -112,7 +115,7 @@ class _AsyncPullSubscription(Generic[T]):
                 return
             except asyncio.CancelledError as cancelled:
                 task = asyncio.current_task()
-                if self._cancelled or (task is not None and task.cancelling()):
+                if self._terminal.is_closed or (task is not None and task.cancelling()):
                     with self._lock:
                         self._running = False
                     raise  # this pump was cancelled
@@ -124,7 +127,7 @@ class _AsyncPullSubscription(Generic[T]):
             except Exception as failure:
                 self._finish(actual, failure)
                 return
-            if self._cancelled:
+            if self._terminal.is_closed:
                 return
             if item is None:
                 self._finish(actual, NoneItemError(f"{self._source!r} produced None"))
@@ -138,23 +141,22 @@ class _AsyncPullSubscription(Generic[T]):
                 return
 
     def _finish(self, actual: Subscriber[T], error: Exception | None) -> None:
+        """Deliver the ending once: one recorded earlier (a bad request) wins."""
+        ending = self._terminal.finish(error)
+        if ending is None:
+            return  # cancelled
         with self._lock:
-            if self._cancelled:
-                return
-            self._cancelled = True
             self._running = False
         self._actual = None
         self._close_iterator()
-        if error is None:
+        if ending.error is None:
             signal_complete(actual, self._source)
         else:
-            signal_error(actual, error, self._source)
+            signal_error(actual, ending.error, self._source)
 
     def cancel(self) -> None:
-        with self._lock:
-            if self._cancelled:
-                return
-            self._cancelled = True
+        if not self._terminal.cancel():
+            return
         self._actual = None  # Rule 3.13
         task = self._task
         if task is not None and not task.done():
