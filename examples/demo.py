@@ -15,7 +15,8 @@ slow consumer (0.5 ms per reading, like a write to a slow disk) twice:
 
 The demo prints produced / delivered / peak queue / peak memory as a table,
 then checks that every bounded scenario stayed within its bound (exit status 1
-otherwise). Run ``python examples/demo.py`` (about 7 s) or ``--quick`` (about 1 s).
+otherwise). Run ``python examples/demo.py`` (about 13 s) or ``--quick`` (about 2 s).
+Ctrl-C stops it at once: "interrupted" on stderr, exit status 130.
 
 The ``strategy:`` rows push the same readings from a thread that never waits
 through a backpressure strategy (``examples/strategies.py`` and
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import queue
+import signal
 import sys
 import threading
 import time
@@ -123,6 +125,8 @@ def slow_consume(reading: Reading, settings: Settings) -> None:
 
 # -- scenarios ------------------------------------------------------------------------------
 # A scenario runs until `stop` is set (or its producer is exhausted), updating `stats`.
+# Every loop the demo runs on a thread checks `stop`, and every such thread is a daemon:
+# Ctrl-C sets `stop`, and a thread that has not noticed yet cannot hold the interpreter open.
 
 
 def no_backpressure(settings: Settings, stats: Stats, stop: threading.Event) -> None:
@@ -143,7 +147,10 @@ def no_backpressure(settings: Settings, stats: Stats, stop: threading.Event) -> 
             slow_consume(reading, settings)
             stats.delivered += 1
 
-    threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    threads = [
+        threading.Thread(target=produce, name="demo-producer", daemon=True),
+        threading.Thread(target=consume, name="demo-consumer", daemon=True),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -241,7 +248,7 @@ def pushed_through(
                     emitter.emit(reading)
                 emitter.complete()
 
-            threading.Thread(target=run, daemon=True).start()
+            threading.Thread(target=run, name="demo-producer", daemon=True).start()
 
         consumer = _PullingConsumer()
         source = Flow.create(producer, capacity=64, overflow=OverflowStrategy.WAIT)
@@ -334,28 +341,54 @@ def _progress_line(name: str, stats: Stats) -> str:
     )
 
 
+# After Ctrl-C, how long the main thread waits for a scenario's threads to leave their loops
+# (they notice `stop` within about 50 ms); whatever is left is a daemon and cannot block exit.
+WIND_DOWN_S = 0.5
+
+
 def run_scenario(scenario: Scenario, settings: Settings, live: bool) -> Outcome:
-    """Run one scenario for ``settings.seconds``, showing progress, and measure its memory."""
+    """Run one scenario for ``settings.seconds``, showing progress, and measure its memory.
+
+    Ctrl-C raises ``KeyboardInterrupt`` here, on the main thread; on the way out
+    it sets the scenario's ``stop`` event and waits at most ``WIND_DOWN_S``.
+    """
     stats = Stats()
     stop = threading.Event()
+    # Set by the worker as it ends. The main thread waits on this rather than on
+    # Thread.join/is_alive: on CPython 3.11 (at least) a join interrupted by Ctrl-C
+    # marks a still-running thread as stopped, so neither can be trusted afterwards.
+    finished = threading.Event()
+
+    def work() -> None:
+        try:
+            scenario.run(settings, stats, stop)
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=work, name=f"demo: {scenario.name}", daemon=True)
     tracemalloc.start()
-    baseline = tracemalloc.get_traced_memory()[0]
-    worker = threading.Thread(target=scenario.run, args=(settings, stats, stop))
-    started = time.monotonic()
-    worker.start()
-    last_line = started
-    while worker.is_alive():
-        now = time.monotonic()
-        if now - started >= settings.seconds:
-            stop.set()
-        if live:
-            print("\r" + _progress_line(scenario.name, stats), end="", flush=True)
-        elif now - last_line >= settings.progress_every:
-            last_line = now
-            print(_progress_line(scenario.name, stats), flush=True)
-        worker.join(0.1)
-    peak = tracemalloc.get_traced_memory()[1] - baseline
-    tracemalloc.stop()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        started = time.monotonic()
+        worker.start()
+        last_line = started
+        while not finished.is_set():
+            now = time.monotonic()
+            if now - started >= settings.seconds:
+                stop.set()
+            if live:
+                print("\r" + _progress_line(scenario.name, stats), end="", flush=True)
+            elif now - last_line >= settings.progress_every:
+                last_line = now
+                print(_progress_line(scenario.name, stats), flush=True)
+            finished.wait(0.1)
+        worker.join()
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        # A no-op after a normal run; after Ctrl-C, this is what stops the threads.
+        stop.set()
+        finished.wait(WIND_DOWN_S)
+        tracemalloc.stop()
     print(("\r" if live else "") + _progress_line(scenario.name, stats) + "  done", flush=True)
     return Outcome(scenario, stats, max(0, peak))
 
@@ -410,13 +443,29 @@ def check_bounds(outcomes: Sequence[Outcome], settings: Settings) -> list[str]:
     return failures
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run every scenario, print the table and verdict; return 1 if a bound was broken."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="about 1 s in total (for tests)")
-    args = parser.parse_args(argv)
-    settings = QUICK if args.quick else FULL
+    """Run every scenario, print the table and verdict; return 1 if a bound was broken.
+
+    Ctrl-C prints "interrupted" on stderr and returns ``EXIT_INTERRUPTED``.
+    """
     live = sys.stdout.isatty()
+    try:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+        parser.add_argument("--quick", action="store_true", help="about 2 s in total (for tests)")
+        args = parser.parse_args(argv)
+        return run_all(QUICK if args.quick else FULL, live)
+    except KeyboardInterrupt:
+        if live:
+            print(flush=True)  # end the progress line that "\r" kept rewriting
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def run_all(settings: Settings, live: bool) -> int:
+    """Run every scenario, print the table and verdict; return 1 if a bound was broken."""
     print(
         f"Fast producer, slow consumer ({settings.consumer_delay * 1000:g} ms per reading), "
         f"{settings.seconds:g} s per scenario.\n"
@@ -443,4 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The run is over and printed: a late Ctrl-C must not turn its exit into a SIGINT death.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)
