@@ -109,8 +109,14 @@ class _Sample(_LatestHolder[T]):
 
     @override
     def hook_start(self) -> None:
-        super().hook_start()
+        # The clock starts before the upstream request: a synchronous source
+        # emits everything inside that request, so a timer started after it
+        # would never tick while the source runs. Ticks on the timer thread
+        # and items on the source thread meet under _state; cancel (and
+        # completion) dispose the tracked timer, and _track cancels it at once
+        # if the operator already halted.
         self._track(self._scheduler.schedule_periodic(self._period, self._tick))
+        super().hook_start()
 
     @override
     def hook_item(self, item: T) -> None:

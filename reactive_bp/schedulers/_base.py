@@ -53,12 +53,24 @@ def check_delay(name: str, seconds: float, *, positive: bool = False) -> float:
     return float(seconds)
 
 
+def _cancelled_action() -> None:
+    """What a cancelled handle holds instead of its action."""
+
+
 class CancellableAction:
-    """An action with a cancelled flag; running it after ``cancel`` does nothing."""
+    """An action with a cancelled flag; running it after ``cancel`` does nothing.
+
+    ``cancel`` also drops the action: a cancelled timer that still waits in a
+    scheduler's queue must not keep its operator, and through it the
+    subscriber, reachable (Rule 3.13).
+    """
 
     __slots__ = ("_action", "_cancelled", "_on_cancel")
 
     def __init__(self, action: Action, on_cancel: Callable[[], object] | None = None) -> None:
+        # Invariant: _action is _cancelled_action once _cancelled is set. Both
+        # are written without a lock: a run racing a cancel either runs the
+        # action or does nothing, as it would without the drop.
         self._action = action
         self._cancelled = False
         self._on_cancel = on_cancel
@@ -67,18 +79,20 @@ class CancellableAction:
         """Run the action unless cancelled; report what it raises."""
         if self._cancelled:
             return
+        action = self._action
         try:
-            self._action()
+            action()
         except Exception as error:
             from .._core._hooks import report_undeliverable
 
-            report_undeliverable(error, f"scheduled action {self._action!r}")
+            report_undeliverable(error, f"scheduled action {action!r}")
 
     def cancel(self) -> None:
-        """Mark cancelled and run the cancel callback once."""
+        """Mark cancelled, drop the action and run the cancel callback once."""
         if self._cancelled:
             return
         self._cancelled = True
+        self._action = _cancelled_action
         on_cancel, self._on_cancel = self._on_cancel, None
         if on_cancel is not None:
             on_cancel()

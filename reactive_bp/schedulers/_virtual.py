@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import threading
 
-from ._base import Action, Cancellable, CancellableAction, check_delay
-from ._timer import periodic
+from ._base import Action, Cancellable, check_delay
+from ._timer import QueuedAction, TimerQueue, periodic
 
 __all__ = ["VirtualTimeScheduler"]
 
@@ -28,14 +26,16 @@ class VirtualTimeScheduler:
         [1.0, 2.0, 3.0]
     """
 
-    __slots__ = ("_heap", "_lock", "_now", "_sequence")
+    __slots__ = ("_lock", "_now", "_queue")
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
+        # Reentrant: an action may schedule or cancel while the clock advances.
         self._lock = threading.RLock()
-        # Guarded by _lock: (due time, sequence, action).
-        self._heap: list[tuple[float, int, CancellableAction]] = []
-        self._sequence = itertools.count()
+        # Guarded by _lock: what is due, and when. Cancelled entries are purged
+        # once they outnumber the live ones, so a test that cancels millions of
+        # timers (a timeout per item) keeps a small heap.
+        self._queue: TimerQueue[None] = TimerQueue(self._lock)
 
     def now(self) -> float:
         """The virtual time, in seconds."""
@@ -55,10 +55,9 @@ class VirtualTimeScheduler:
         """Repeat ``action`` every ``period`` virtual seconds."""
         return periodic(self, period, action, initial_delay)
 
-    def _push(self, due: float, action: Action) -> CancellableAction:
-        handle = CancellableAction(action)
+    def _push(self, due: float, action: Action) -> QueuedAction:
         with self._lock:
-            heapq.heappush(self._heap, (due, next(self._sequence), handle))
+            handle, _ = self._queue.push_locked(due, action, None)
         return handle
 
     def advance_to(self, time: float) -> None:
@@ -67,11 +66,12 @@ class VirtualTimeScheduler:
             raise ValueError(f"cannot move virtual time back from {self._now} to {time}")
         while True:
             with self._lock:
-                if not self._heap or self._heap[0][0] > time:
+                due = self._queue.first_due_locked()
+                if due is None or due > time:
                     break
-                due, _, handle = heapq.heappop(self._heap)
+                handle, _ = self._queue.pop_locked()
                 self._now = max(self._now, due)
-            handle.run()
+            handle.run()  # outside the lock (see the _timer module docstring)
         self._now = time
 
     def advance_by(self, seconds: float) -> None:
@@ -84,9 +84,8 @@ class VirtualTimeScheduler:
 
     @property
     def pending(self) -> int:
-        """How many actions wait (cancelled ones included until their time)."""
-        with self._lock:
-            return sum(1 for _, _, handle in self._heap if not handle.cancelled)
+        """How many actions wait to run (cancelled ones are not counted)."""
+        return self._queue.live
 
     def __repr__(self) -> str:
         return f"VirtualTimeScheduler(now={self._now})"

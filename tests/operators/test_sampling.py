@@ -10,6 +10,7 @@ upstream demand within the declared bound; and never an error for lack of demand
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -77,6 +78,52 @@ def test_sample_never_fails_for_lack_of_demand_it_keeps_the_newest() -> None:
     stats = meter.stats
     assert stats is not None and stats.dropped_by_reason == {"stale": 2}
     assert stats.backpressured_seconds == pytest.approx(2.0)
+
+
+def test_sample_ticks_while_a_synchronous_source_emits() -> None:
+    """The clock runs from subscription, not from the end of the upstream request.
+
+    Every item moves the virtual clock one period on, from inside the
+    synchronous source, so each tick falls between two items.
+    """
+    vts = VirtualTimeScheduler()
+    subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+    Flow.range(1, 6).do_on_next(lambda _: vts.advance_by(1.0)).sample(1.0, scheduler=vts).subscribe(
+        subscriber
+    )
+    assert subscriber.items == [1, 2, 3, 4, 5] and subscriber.completed
+    assert vts.pending == 0
+
+
+def test_sample_cancelled_during_a_synchronous_source_stops_its_clock() -> None:
+    vts = VirtualTimeScheduler()
+    seen: list[int] = []
+
+    def step(item: int) -> None:
+        seen.append(item)
+        vts.advance_by(1.0)
+
+    subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+    Flow.range(1, 100).do_on_next(step).sample(1.0, scheduler=vts).take(2).subscribe(subscriber)
+    assert subscriber.items == [1, 2] and subscriber.completed
+    assert seen == [1, 2, 3]  # the third tick's sample completed take(2): the source stopped
+    assert vts.pending == 0  # and the periodic timer went with it
+
+
+def test_real_time_sample_ticks_during_a_long_synchronous_source() -> None:
+    """The issue: 1,000,000 items of ``range(...).sample(0.005)`` gave one sample, the last.
+
+    100,000 items keep the source busy for well over one period (about a
+    second here), which is all the check needs.
+    """
+    count = 100_000
+    samples = Flow.range(count).sample(0.005).to_list(timeout=30)
+    assert len(samples) > 1 and samples[0] < count - 1, samples[:3]
+    assert samples == sorted(set(samples)) and samples[-1] == count - 1  # emit_last
+    deadline = time.monotonic() + 2.0
+    while any(t.name == "reactive_bp-timer" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the periodic timer outlived the stream"
+        time.sleep(0.01)
 
 
 # -- throttle_first / throttle_latest / debounce -----------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from reactive_bp import (
     Subscriber,
     Subscription,
 )
-from reactive_bp.schedulers import VirtualTimeScheduler
+from reactive_bp.schedulers import ImmediateScheduler, VirtualTimeScheduler, _timer
 from reactive_bp.testing import TestPublisher, TestSubscriber
 from tests.scenarios import Boom
 
@@ -691,3 +692,32 @@ def test_timeout_counts_from_subscription_even_if_the_source_never_answers() -> 
     fallback.send_next(5)
     assert subscriber.items == [5]
     subscriber.assert_clean()
+
+
+@pytest.mark.parametrize("name", ["timeout", "debounce"])
+def test_a_timer_per_item_leaves_no_cancelled_timers_behind(name: str) -> None:
+    """Each item re-arms a 30 s timer and cancels the previous one.
+
+    The issue: 200,000 items through ``timeout(30)`` left 200,000 cancelled
+    entries (about 100 MiB) on the shared timer thread while an earlier timer
+    was pending, because only the first entry was ever looked at. 10,000
+    items show the same linear growth (about 5 MiB before the purge).
+    """
+    count = 10_000
+    # Due before every 30 s timer: it stays first in the heap for the whole run.
+    earlier = ImmediateScheduler().schedule_after(25.0, lambda: None)
+    flow = Flow.range(count)
+    timed = flow.timeout(30.0) if name == "timeout" else flow.debounce(30.0)
+    counted = timed.reduce(lambda n, _: n + 1, 0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = counted.last(timeout=20)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        earlier.cancel()
+    assert result == (count if name == "timeout" else 1)
+    assert grown < 1 << 20, f"{grown / (1 << 20):.1f} MiB still held after the stream ended"
+    assert len(_timer._TIMER._queue) <= _timer._PURGE_MIN + 1
+    assert _timer_thread_gone()
