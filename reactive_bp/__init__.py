@@ -26,6 +26,7 @@ from .operators._retry import RetryExhaustedError as RetryExhaustedError
 from .operators._sampling import RateExceededError as RateExceededError
 from .operators._sampling import adaptive_keep_rate as adaptive_keep_rate
 from .operators._timing import FlowTimeoutError as FlowTimeoutError
+from .schedulers._threads import RejectedExecutionError as RejectedExecutionError
 from .sources._generate import SynchronousSink as SynchronousSink
 from .sources._iterable import NoneItemError as NoneItemError
 from .sources._push import Emitter as Emitter
@@ -59,6 +60,7 @@ __all__ = [
     "ProtocolViolationError",
     "Publisher",
     "RateExceededError",
+    "RejectedExecutionError",
     "RequestPolicy",
     "RetryExhaustedError",
     "SignalType",

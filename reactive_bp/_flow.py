@@ -799,7 +799,9 @@ class Flow(Generic[T_co]):
         Cancellation: cancels upstream and clears the queue.
 
         Errors: an upstream error is delivered after the queued items; a
-        scheduler that refuses work fails the stream.
+        scheduler that refuses work, or drops it unrun (a pool shut down with
+        the drain queued), fails the stream with its error
+        (``RejectedExecutionError``, naming the scheduler), cutting ahead.
         """
         from .operators import _scheduling
 
@@ -814,7 +816,15 @@ class Flow(Generic[T_co]):
 
         Demand: passed upstream 1:1, each ``request(n)`` as a task on the
         scheduler, so a synchronous source produces there, not on the
-        requesting thread.
+        requesting thread. An invalid ``n`` (``0``, ``-1``, ``None``) is
+        answered with ``on_error`` (Rule 3.9).
+
+        Cancellation: cancels upstream and drops the subscriber (Rule 3.13).
+
+        Errors: upstream errors pass through. A scheduler that refuses or
+        drops the subscribe or a request (a pool shut down) cancels upstream
+        and fails the stream (``RejectedExecutionError``, naming the
+        scheduler); a ``subscribe`` that raises becomes ``on_error`` too.
         """
         from .operators import _scheduling
 
@@ -1615,9 +1625,12 @@ class Flow(Generic[T_co]):
                 ...
 
         Demand: as ``aiter``. Cancellation: ``close()``, ``break`` followed by
-        garbage collection, or an exception in the loop cancels upstream.
+        garbage collection, or an exception in the loop cancels upstream (a
+        subscription that arrives after that is cancelled on arrival).
         Errors: an ``on_error`` is raised from the loop; ``TimeoutError`` if no
-        signal arrives within ``timeout`` seconds.
+        signal arrives within ``timeout`` seconds; ``RuntimeError`` at once if
+        ``next()`` is called on a thread running an asyncio event loop (use
+        ``aiter()`` there).
         """
         return _pull.blocking_iter(self, prefetch, timeout)
 
@@ -1652,16 +1665,23 @@ class Flow(Generic[T_co]):
         """Block until completion and return all items (re-raises an ``on_error``).
 
         Raises ``TimeoutError`` after ``timeout`` seconds (the subscription is
-        cancelled). Do not call it on the thread an asynchronous source needs.
+        cancelled), and ``RuntimeError`` at once on a thread running an asyncio
+        event loop, which it would block: use ``await flow.to_list_async()``.
         """
         return _blocking.to_list(self, timeout)
 
     def first(self, timeout: float | None = None) -> T_co:
-        """Request one item, cancel, and return it (``LookupError`` if empty)."""
+        """Request one item, cancel, and return it (``LookupError`` if empty).
+
+        ``RuntimeError`` on a thread running an event loop: ``await flow.first_async()``.
+        """
         return _blocking.first(self, timeout)
 
     def last(self, timeout: float | None = None) -> T_co:
-        """Block until completion and return the last item (``LookupError`` if empty)."""
+        """Block until completion and return the last item (``LookupError`` if empty).
+
+        ``RuntimeError`` on a thread running an event loop: ``await flow.last_async()``.
+        """
         return _blocking.last(self, timeout)
 
 

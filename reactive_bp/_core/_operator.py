@@ -20,6 +20,12 @@ and uphold, for every operator alike:
 * ``request`` and ``cancel`` pass through to upstream (which validates demand
   and serializes the resulting signals, Rules 1.3 and 3.9), unless the operator
   overrides ``hook_on_request``.
+* Rule 3.13: ``cancel`` drops the downstream subscriber: ``_actual`` becomes
+  ``DETACHED`` and ``_downstream_try`` ``None``, so a caller that still holds
+  the subscription no longer keeps the subscriber reachable. Both are
+  replaced, never cleared to ``None`` in ``_actual``: an ``on_next`` racing
+  the cancel on another thread reads either the subscriber or ``DETACHED``,
+  and the per-item path needs no lock and no extra check.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from ._signals import signal_complete, signal_error
 if TYPE_CHECKING:
     from ..abc import Subscriber, Subscription
 
-__all__ = ["CANCELLED", "EmptySubscription", "OperatorSubscriber"]
+__all__ = ["CANCELLED", "DETACHED", "DetachedSubscriber", "EmptySubscription", "OperatorSubscriber"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,6 +64,45 @@ CANCELLED = EmptySubscription()
 """Placeholder for "no upstream yet" and "upstream released"."""
 
 
+class DetachedSubscriber:
+    """What a subscription holds instead of its subscriber once that cancelled (Rule 3.13).
+
+    Every signal is dropped, except an error: nothing is swallowed, so an
+    error that reaches it (an upstream failure racing the cancel) goes to the
+    undeliverable hook, as any error after cancel does (Rule 1.7).
+    """
+
+    __slots__ = ()
+
+    def on_subscribe(self, subscription: Subscription) -> None:
+        """Cancel ``subscription``: nobody is listening any more."""
+        try:
+            subscription.cancel()
+        except Exception as fault:  # Rule 3.15
+            report_undeliverable(fault, f"{subscription!r}.cancel()")
+
+    def on_next(self, item: object) -> None:
+        """Drop ``item`` (Rule 2.8: items may still arrive after cancel)."""
+
+    def try_on_next(self, item: object) -> bool:
+        """Drop ``item``; report it as consumed so a conditional source does not retry it."""
+        return True
+
+    def on_error(self, error: Exception) -> None:
+        """Report ``error``: it arrived after cancel."""
+        report_undeliverable(error, "a subscriber after cancel (Rule 1.7)")
+
+    def on_complete(self) -> None:
+        """Nothing to do."""
+
+    def __repr__(self) -> str:
+        return "DETACHED"
+
+
+DETACHED = DetachedSubscriber()
+"""The subscriber of a subscription that was cancelled (Rule 3.13)."""
+
+
 class OperatorSubscriber(Generic[T, R]):
     """Subscriber to upstream ``T`` and subscription for downstream ``R``.
 
@@ -70,8 +115,12 @@ class OperatorSubscriber(Generic[T, R]):
     __slots__ = ("_actual", "_done", "_downstream_try", "_upstream")
 
     def __init__(self, actual: Subscriber[R]) -> None:
-        self._actual = actual
-        # The downstream conditional entry point, if it has one.
+        # Invariant: the downstream subscriber until cancel, DETACHED after
+        # (Rule 3.13). Written once more, by cancel, without a lock: a reader
+        # on another thread sees one or the other, both callable.
+        self._actual: Subscriber[R] = actual
+        # The downstream conditional entry point, if it has one; None after
+        # cancel (then the hot paths fall back to _actual, i.e. DETACHED).
         self._downstream_try: Callable[[R], bool] | None = getattr(actual, "try_on_next", None)
         # Invariant: CANCELLED until on_subscribe; the single upstream after.
         self._upstream: Subscription = CANCELLED
@@ -164,14 +213,16 @@ class OperatorSubscriber(Generic[T, R]):
 
     @final
     def cancel(self) -> None:
-        """Stop downstream delivery and cancel upstream (Rules 3.5, 3.7)."""
+        """Stop downstream delivery, cancel upstream, drop the subscriber (Rules 3.5, 3.7, 3.13)."""
         if self._done:
+            self._detach()
             self._upstream.cancel()  # idempotent upstream; harmless if terminated
             return
         self._done = True
         try:
             self.hook_on_cancel()
         finally:
+            self._detach()
             self._upstream.cancel()
 
     # -- hooks -------------------------------------------------------------------
@@ -250,6 +301,11 @@ class OperatorSubscriber(Generic[T, R]):
     def is_done(self) -> bool:
         """Whether a terminal signal was sent or downstream cancelled."""
         return self._done
+
+    def _detach(self) -> None:
+        """Drop every reference to downstream (Rule 3.13); later signals go nowhere."""
+        self._downstream_try = None
+        self._actual = DETACHED
 
     def _fail(self, error: Exception) -> None:
         if self._done:

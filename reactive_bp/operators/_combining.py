@@ -363,8 +363,10 @@ class _ConcatSubscriber(ArbiterRelay[T]):
             if error is not None:  # Rule 3.9, requested between two sources
                 self._stop(error)
                 return
-            sources = self._sources
-            if self._index == len(sources):
+            sources = self._sources  # () once cancelled, from any thread
+            if self._index >= len(sources):
+                if self.is_cancelled:
+                    return  # cancelled meanwhile: nothing to signal (Rule 3.7)
                 self._actual = None
                 self._sources = ()
                 signal_complete(actual, self)

@@ -358,7 +358,17 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
     # -- calls -------------------------------------------------------------------------------
 
     def _call_done(self, slot: _Slot[R], value: R | None, error: Exception | None) -> None:
-        """A call finished (any thread): record its result and drain."""
+        """A call finished (any thread): record its result and drain.
+
+        A failed call's error is recorded (it cuts ahead) *before* its slot
+        is marked done, and the drain checks ``_halted`` under the lock where
+        it sees ``done``: a failed slot is never taken for a result.
+        """
+        if error is not None:
+            with self._lock:
+                if slot.done:
+                    return
+            self._record_fatal(error)  # reported by the terminal if too late
         with self._lock:
             if slot.done:
                 return
@@ -372,10 +382,7 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
                 if not self._ordered:
                     self._results.append(slot)
         if error is not None:
-            if halted:
-                report_undeliverable(error, f"{self!r} after terminal/cancel")
-            else:
-                self._fail(error)
+            self._schedule()  # the loop owner delivers the recorded error
             return
         if not halted:
             self._schedule()
@@ -390,7 +397,8 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
         emitted = 0
         while emitted != requested and not self._halted:
             with lock:
-                if not results or not results[0].done:
+                # _halted under the lock: a failed call halts before its slot is done.
+                if self._halted or not results or not results[0].done:
                     break
                 value = results.popleft().value
             on_next(cast("R", value))

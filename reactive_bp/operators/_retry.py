@@ -24,7 +24,7 @@ from ..schedulers._base import check_delay
 from ..sources._time import time_scheduler
 
 if TYPE_CHECKING:
-    from ..abc import Subscriber
+    from ..abc import Subscriber, Subscription
     from ..schedulers import Cancellable, Scheduler
 
 __all__ = ["Backoff", "Jitter", "RetryExhaustedError", "RetryOn", "retry"]
@@ -164,7 +164,9 @@ class _RetrySubscriber(ArbiterRelay[T]):
     ``max_attempts`` failed attempts ``RetryExhaustedError`` (``__cause__`` =
     the last error) is signalled; a raising ``retry_on`` predicate is
     signalled with the error it judged as ``__context__``; a Rule 3.9
-    request error is never retried.
+    request error is never retried: during an attempt that attempt answers
+    it (in order with its items), and between attempts (a backoff wait) it is
+    signalled at once, the wait is called off and nothing is re-subscribed.
 
     Re-subscriptions without a wait run in a trampoline (``_wip``), so a
     source that fails synchronously on every attempt costs no stack depth.
@@ -205,6 +207,10 @@ class _RetrySubscriber(ArbiterRelay[T]):
         # trampoline's work-in-progress count.
         self._timer: Cancellable | None = None
         self._wip = 0
+        # _actual (ArbiterRelay) is taken for the terminal signal, or dropped
+        # on cancel, only under _retry_lock: a Rule 3.9 error between attempts
+        # is signalled from the requesting thread and may race the attempt's
+        # end on another (_claim).
 
     # -- Subscriber (each attempt) ------------------------------------------------------
 
@@ -218,7 +224,7 @@ class _RetrySubscriber(ArbiterRelay[T]):
         self.clear_upstream()
         pending = self.pending_error
         if pending is not None:
-            self._stop(pending)  # Rule 3.9: the attempt answered a bad request
+            self._stop(pending, quiet=True)  # Rule 3.9: the attempt answered a bad request
             return
         try:
             retryable = self._retry_on(error)
@@ -253,7 +259,7 @@ class _RetrySubscriber(ArbiterRelay[T]):
 
     def on_complete(self) -> None:
         """Pass the completion on."""
-        actual, self._actual = self._actual, None
+        actual = self._claim()
         if actual is not None:
             self.clear_upstream()
             signal_complete(actual, self)
@@ -275,6 +281,11 @@ class _RetrySubscriber(ArbiterRelay[T]):
         while True:
             if self.is_cancelled or self._actual is None:
                 return
+            pending = self.pending_error
+            if pending is not None:
+                # Rule 3.9 arrived between attempts: do not re-subscribe.
+                self._stop(pending, quiet=True)
+                return
             self._attempts += 1
             try:
                 self._source.subscribe(self)
@@ -288,17 +299,43 @@ class _RetrySubscriber(ArbiterRelay[T]):
                     return
 
     @override
+    def hook_on_bad_request(
+        self, n: object, error: Exception, upstream: Subscription | None
+    ) -> None:
+        if upstream is not None:
+            upstream.request(n)  # type: ignore[arg-type]  # the attempt answers, in order
+            return
+        # Between attempts nothing upstream can answer, and no attempt is
+        # signalling (the last one ended, the next is not subscribed): signal
+        # now rather than after the wait and one more subscription (Rule 3.9).
+        # If the next attempt is being subscribed right now, _subscribe_next
+        # sees pending_error first, or set_upstream hands it the bad request.
+        self._stop(error, quiet=True)
+
+    @override
     def hook_on_cancel(self) -> None:
-        self._actual = None
         with self._retry_lock:
+            self._actual = None
             timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
 
-    def _stop(self, error: Exception) -> None:
-        actual, self._actual = self._actual, None
+    def _claim(self) -> Subscriber[T] | None:
+        """Take the subscriber for the terminal signal, once (Rule 1.7)."""
+        with self._retry_lock:
+            actual, self._actual = self._actual, None
+        return actual
+
+    def _stop(self, error: Exception, *, quiet: bool = False) -> None:
+        """Cancel what is left and signal ``error`` once.
+
+        ``quiet``: ``error`` is the recorded Rule 3.9 error, which two threads
+        may both try to signal; the one that comes second reports nothing.
+        """
+        actual = self._claim()
         if actual is None:
-            report_undeliverable(error, f"{self!r} after terminal/cancel")
+            if not quiet:
+                report_undeliverable(error, f"{self!r} after terminal/cancel")
             return
         self.cancel()
         signal_error(actual, error, self)

@@ -1,18 +1,29 @@
-"""Async boundaries: ``publish_on`` and ``subscribe_on``."""
+"""Async boundaries: ``publish_on`` and ``subscribe_on``.
+
+Both hand work to a scheduler, so both must survive a scheduler that stops
+taking it. A ``schedule`` that raises, and a task the scheduler accepted and
+then dropped (``ThreadPoolScheduler.shutdown`` rejects what is still queued by
+calling the task's ``on_rejected``), end the stream with ``on_error`` -- the
+``RejectedExecutionError`` names the scheduler -- instead of leaving the
+subscriber waiting forever.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from typing_extensions import override
 
 from .._core._arbiter import cancel_quietly
 from .._core._demand import add_cap, check_request
-from .._core._operator import CANCELLED, EmptySubscription
+from .._core._hooks import ProtocolViolationError, report_undeliverable
+from .._core._operator import CANCELLED, DETACHED
 from .._core._queue_drain import replenish_limit
-from .._core._signals import signal_error
+from .._core._signals import signal_complete, signal_error
+from .._core._terminal import Terminal
 from .._flow import Flow
 from ._lift import LiftFlow
 from ._rate import _LimitRateSubscriber
@@ -26,6 +37,26 @@ __all__ = ["publish_on", "subscribe_on"]
 T = TypeVar("T")
 
 
+class _Task:
+    """A scheduled action whose owner hears it if the scheduler drops it (``on_rejected``)."""
+
+    __slots__ = ("_on_rejected", "_run")
+
+    def __init__(self, run: Callable[[], None], on_rejected: Callable[[Exception], None]) -> None:
+        self._run = run
+        self._on_rejected = on_rejected
+
+    def __call__(self) -> None:
+        self._run()
+
+    def on_rejected(self, error: Exception) -> None:
+        """The scheduler will never run this task (it shut down)."""
+        self._on_rejected(error)
+
+    def __repr__(self) -> str:
+        return f"<task {self._run!r}>"
+
+
 class _PublishOnSubscriber(_LimitRateSubscriber[T]):
     """``limit_rate(prefetch)`` whose drain loop runs on a scheduler.
 
@@ -36,21 +67,36 @@ class _PublishOnSubscriber(_LimitRateSubscriber[T]):
     Every signal to downstream comes from the drain loop on the scheduler;
     the work-in-progress counter guarantees one loop at a time (Rule 1.3)
     even on a multi-threaded pool.
+
+    Errors: if the scheduler refuses the loop (``schedule`` raises) or drops
+    it unrun (``on_rejected``), the thread that learns it owns the loop --
+    whoever moved ``_wip`` from 0 handed ownership to that task -- so it
+    records the error, cutting ahead of the queue, and runs the loop itself
+    to deliver it.
     """
 
-    __slots__ = ("_scheduler",)
+    __slots__ = ("_drain_task", "_scheduler")
 
     def __init__(self, actual: Subscriber[T], prefetch: int, scheduler: Scheduler) -> None:
         super().__init__(actual, prefetch, replenish_limit(prefetch))
         self._scheduler = scheduler
+        self._drain_task = _Task(self._drain_loop, self._rejected)
 
     @override
     def _run_drain(self) -> None:
         try:
-            self._scheduler.schedule(self._drain_loop)
+            self._scheduler.schedule(self._drain_task)
         except Exception as error:  # e.g. a shut-down pool: fail here rather than hang
-            self._record_fatal(error)
-            self._drain_loop()  # this thread owns the loop (it moved _wip from 0)
+            self._rejected(error)
+
+    def _rejected(self, error: Exception) -> None:
+        """The loop will not run on the scheduler: end the stream from this thread."""
+        # Quiet: a stream already over (cancelled, or ending eagerly) has
+        # nothing left to tell; its own ending is what the loop delivers.
+        if self._terminal.fail(error, eager=True, quiet=True):
+            self._halted = True
+            self._cancel_upstreams()
+        self._drain_loop()  # this thread owns the loop (see the class docstring)
 
 
 def publish_on(source: Flow[T], scheduler: Scheduler, prefetch: int) -> Flow[T]:
@@ -61,87 +107,224 @@ def publish_on(source: Flow[T], scheduler: Scheduler, prefetch: int) -> Flow[T]:
     return LiftFlow(source, factory, "publish_on")
 
 
-class _ScheduledRequests:
-    """Forwards ``request`` through the scheduler so the source works there too.
+_NO_BAD_REQUEST: Final = object()
+"""``_SubscribeOnSubscriber._bad`` when no invalid ``n`` waits (``None`` is an invalid ``n``)."""
+
+
+class _SubscribeOnSubscriber(Generic[T]):
+    """Relays the source's signals; subscribes and forwards ``request`` on the scheduler.
 
     Requests are summed and handed over by one scheduled task at a time, so
-    upstream sees them serially and in order (Rule 2.7) even on a pool.
+    upstream sees them serially and in order (Rule 2.7) even on a pool; an
+    invalid ``n`` (``0``, ``-1``, ``None``) is passed on unchanged, so
+    upstream signals the Rule 3.9 error in order with its items.
+
+    How the rules hold:
+
+    * Rule 1.3: ``on_subscribe`` returns before any request is handed over
+      (``_scheduled`` is held during it), so no item overlaps it. An error
+      that does not come from upstream (the scheduler dropped a task, or
+      ``subscribe`` raised) is recorded in ``_terminal`` first; it is
+      delivered by the thread that recorded it only if no upstream signal is
+      in flight (``_busy > 0``), and otherwise by that signal's thread as
+      it leaves. Recording before reading ``_busy`` on one side, and setting
+      ``_busy`` before reading the ending on the other, means at least one of
+      them sees the other; ``Terminal.claim`` makes the delivery happen once.
+      The per-item path takes no lock.
+    * Rules 1.9, 2.13: if the source's ``subscribe`` raises, or the scheduler
+      drops the subscribe task, the subscriber gets ``on_subscribe`` (if it
+      had not) and then ``on_error``, never an exception.
+    * Rules 3.6, 3.13: after ``cancel`` requests are no-ops and the
+      subscriber is dropped (``DETACHED``).
     """
 
-    __slots__ = ("_bad", "_lock", "_pending", "_scheduled", "_scheduler", "_upstream")
+    __slots__ = (
+        "_actual",
+        "_bad",
+        "_busy",
+        "_flush_task",
+        "_lock",
+        "_pending",
+        "_scheduled",
+        "_scheduler",
+        "_subscribed",
+        "_terminal",
+        "_upstream",
+    )
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, actual: Subscriber[T], scheduler: Scheduler) -> None:
+        # Invariant: the subscriber until the ending is claimed or downstream
+        # cancelled, DETACHED after (Rule 3.13).
+        self._actual: Subscriber[T] = actual
         self._scheduler = scheduler
-        self._upstream: Subscription = CANCELLED
         self._lock = threading.Lock()
+        # Guarded by _lock: the upstream subscription (CANCELLED before
+        # on_subscribe and after cancel or an abort).
+        self._upstream: Subscription = CANCELLED
         # Guarded by _lock: demand not yet handed over, the first invalid n
-        # (passed on unchanged: upstream signals the Rule 3.9 error), and
-        # whether a flush task is scheduled.
+        # (or _NO_BAD_REQUEST), and whether a flush task is scheduled or running.
         self._pending = 0
-        self._bad: object = None
+        self._bad: object = _NO_BAD_REQUEST
         self._scheduled = False
+        # Guarded by _lock; set once: downstream got (or is getting) on_subscribe.
+        self._subscribed = False
+        # How many upstream signals are being relayed downstream right now (a
+        # depth: more than 1 only if a source re-enters on_next). Written only
+        # by the upstream's signals, which are serial (Rule 1.3), without a
+        # lock except where on_subscribe starts; read by _abort under _lock.
+        self._busy = 0
+        # How the stream ends, including an error from outside the upstream.
+        self._terminal = Terminal(self)
+        self._flush_task = _Task(self._flush, self._rejected)
+
+    # -- Subscriber (on the scheduler's thread, or the source's) -----------------------------
+
+    def subscribe_to(self, source: Publisher[T]) -> None:
+        """Subscribe to ``source`` (the scheduled task); a raising ``subscribe`` is on_error."""
+        try:
+            source.subscribe(self)
+        except Exception as error:  # Rule 1.9: subscribe must return normally
+            self._abort(error, quiet=False)
+
+    def on_subscribe(self, subscription: Subscription) -> None:
+        """Hand ``self`` downstream, then hand over what it requested meanwhile."""
+        if subscription is None:
+            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
+        with self._lock:
+            first = not self._subscribed
+            if first:
+                self._subscribed = True
+                self._upstream = subscription
+                # Requests made inside on_subscribe wait until it returns
+                # (Rule 1.3: items must not arrive on another thread meanwhile).
+                self._scheduled = True
+                self._busy += 1  # an _abort meanwhile leaves the error to us
+        if not first:
+            cancel_quietly(subscription)  # Rule 2.5, or the stream was aborted already
+            if not self._terminal.is_ended:
+                report_undeliverable(
+                    ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
+                    repr(self),
+                )
+            return
+        try:
+            self._actual.on_subscribe(self)
+        finally:
+            self._leave()
+            self._flush()  # on the scheduler's thread, as the subscribe itself
+
+    def on_next(self, item: T) -> None:
+        """Relay ``item`` unless the stream is ending."""
+        self._busy += 1
+        try:
+            if self._terminal._ending is None:
+                self._actual.on_next(item)
+        finally:
+            self._leave()
+
+    def on_error(self, error: Exception) -> None:
+        """Relay the upstream failure (a late one is reported, Rule 1.7)."""
+        if error is None:
+            raise TypeError("Rule 2.13: on_error(None) is not allowed")
+        self._terminal.fail(error)
+        self._deliver()
+
+    def on_complete(self) -> None:
+        """Relay the upstream completion."""
+        self._terminal.complete()
+        self._deliver()
+
+    # -- Subscription (downstream, any thread) --------------------------------------------
 
     def request(self, n: int) -> None:
+        """Sum ``n`` into the demand and hand it over on the scheduler (Rule 3.9 downstream)."""
+        terminal = self._terminal
+        if terminal._closed or terminal._ending is not None:
+            return  # Rule 3.6: over, or about to be
         with self._lock:
             if check_request(n) is None:
                 self._pending = add_cap(self._pending, n)
-            elif self._bad is None:
+            elif self._bad is _NO_BAD_REQUEST:
                 self._bad = n
             if self._scheduled:
                 return
             self._scheduled = True
         try:
-            self._scheduler.schedule(self._flush)
-        except Exception:  # the scheduler is gone: hand over here rather than lose demand
-            self._flush()
+            self._scheduler.schedule(self._flush_task)
+        except Exception as error:  # the scheduler is gone: the source cannot run there
+            self._rejected(error)
+
+    def cancel(self) -> None:
+        """Cancel upstream and drop the subscriber (Rules 3.5, 3.7, 3.13)."""
+        self._terminal.cancel()
+        self._actual = DETACHED
+        with self._lock:
+            upstream, self._upstream = self._upstream, CANCELLED
+        cancel_quietly(upstream)
+
+    # -- internals -------------------------------------------------------------------------
 
     def _flush(self) -> None:
         while True:
             with self._lock:
                 n, self._pending = self._pending, 0
-                bad, self._bad = self._bad, None
-                if not n and bad is None:
+                bad, self._bad = self._bad, _NO_BAD_REQUEST
+                if not n and bad is _NO_BAD_REQUEST:
                     self._scheduled = False
                     return
-            upstream = self._upstream
-            if bad is not None:
+                upstream = self._upstream
+            if bad is not _NO_BAD_REQUEST:
                 upstream.request(bad)  # type: ignore[arg-type]
             if n:
                 upstream.request(n)
 
-    def cancel(self) -> None:
-        upstream, self._upstream = self._upstream, CANCELLED
-        cancel_quietly(upstream)
+    def _rejected(self, error: Exception) -> None:
+        """The scheduler refused or dropped a flush (or the subscribe): end the stream."""
+        self._abort(error, quiet=True)
 
+    def _abort(self, error: Exception, *, quiet: bool) -> None:
+        """End the stream with ``error``, which did not come from upstream (any thread).
 
-class _SubscribeOnSubscriber(_ScheduledRequests, Generic[T]):
-    __slots__ = ("_actual",)
-
-    def __init__(self, actual: Subscriber[T], scheduler: Scheduler) -> None:
-        super().__init__(scheduler)
-        self._actual = actual
-
-    def on_subscribe(self, subscription: Subscription) -> None:
-        if subscription is None:
-            raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
-        self._upstream = subscription
+        ``quiet``: an error that comes after the stream already ended is not
+        reported (a dropped flush after completion changes nothing).
+        """
+        if not self._terminal.fail(error, quiet=quiet):
+            return  # the stream already ended or was cancelled
         with self._lock:
-            # Requests made inside on_subscribe wait until it returns (Rule 1.3:
-            # items must not arrive on another thread while it is still running).
-            self._scheduled = True
-        try:
-            self._actual.on_subscribe(self)
-        finally:
-            self._flush()  # on the scheduler's thread, as the subscribe itself
+            upstream, self._upstream = self._upstream, CANCELLED
+            hand_over = not self._subscribed
+            self._subscribed = True
+            in_flight = self._busy > 0  # read after the error was recorded
+        cancel_quietly(upstream)
+        if hand_over:  # Rule 1.9: on_subscribe first, even for a stream that never started
+            try:
+                self._actual.on_subscribe(self)
+            except Exception as fault:  # Rule 2.13
+                report_undeliverable(fault, f"{self._actual!r}.on_subscribe")
+            self._deliver()
+        elif not in_flight:
+            self._deliver()
+        # Otherwise the signal in flight delivers the error as it leaves (_leave).
 
-    def on_next(self, item: T) -> None:
-        self._actual.on_next(item)
+    def _leave(self) -> None:
+        """An upstream signal was relayed: deliver an ending recorded meanwhile."""
+        self._busy -= 1
+        if self._terminal._ending is not None:
+            self._deliver()
 
-    def on_error(self, error: Exception) -> None:
-        self._actual.on_error(error)
+    def _deliver(self) -> None:
+        """Deliver the recorded ending, once (``Terminal.claim``), and drop the subscriber."""
+        ending = self._terminal.claim()
+        if ending is None:
+            return
+        actual, self._actual = self._actual, DETACHED
+        if ending.error is None:
+            signal_complete(actual, self)
+        else:
+            signal_error(actual, ending.error, self)
 
-    def on_complete(self) -> None:
-        self._actual.on_complete()
+    def __repr__(self) -> str:
+        return f"<subscribe_on relay on {self._scheduler!r} {self._terminal!r}>"
 
 
 class _SubscribeOnFlow(Flow[T]):
@@ -154,11 +337,11 @@ class _SubscribeOnFlow(Flow[T]):
     @override
     def _subscribe(self, subscriber: Subscriber[T]) -> None:
         relay: _SubscribeOnSubscriber[T] = _SubscribeOnSubscriber(subscriber, self._scheduler)
+        task = _Task(partial(relay.subscribe_to, self._source), relay._rejected)
         try:
-            self._scheduler.schedule(lambda: self._source.subscribe(relay))
+            self._scheduler.schedule(task)
         except Exception as error:
-            subscriber.on_subscribe(EmptySubscription())
-            signal_error(subscriber, error, self)
+            relay._rejected(error)
 
     def __repr__(self) -> str:
         return f"{self._source!r}.subscribe_on({self._scheduler!r})"

@@ -5,6 +5,7 @@ from ._base import Cancellable as Cancellable
 from ._base import Scheduler as Scheduler
 from ._immediate import ImmediateScheduler as ImmediateScheduler
 from ._immediate import TrampolineScheduler as TrampolineScheduler
+from ._threads import RejectedExecutionError as RejectedExecutionError
 from ._threads import ThreadPoolScheduler as ThreadPoolScheduler
 from ._virtual import VirtualTimeScheduler as VirtualTimeScheduler
 
@@ -12,6 +13,7 @@ __all__ = [
     "AsyncioScheduler",
     "Cancellable",
     "ImmediateScheduler",
+    "RejectedExecutionError",
     "Scheduler",
     "ThreadPoolScheduler",
     "TrampolineScheduler",

@@ -2,29 +2,43 @@
 
 A ``Flow`` relies on its upstream keeping the rules. A publisher that did not
 come from reactive_bp may not, so its signals pass through ``_StrictSubscriber``,
-which turns every violation it can see into a clean ``on_error`` downstream
-(plus a report to the undeliverable hook) instead of corrupting the pipeline:
+which turns every violation it can see into a clean ``on_error`` downstream,
+and every signal it cannot deliver any more into a report to the
+undeliverable hook, instead of corrupting the pipeline:
 
-* Rule 1.1 over-delivery, Rule 1.7 signals after a terminal, Rule 1.9
-  ``on_next`` before ``on_subscribe``, Rule 2.5 a second subscription,
-  Rule 2.13 a ``None`` item;
+* ends the stream with ``on_error``: Rule 1.1 over-delivery, Rule 1.9
+  ``on_next`` before ``on_subscribe`` (``ProtocolViolationError``), Rule 2.13
+  a ``None`` item, Rule 3.16 a ``request`` that raises, and Rule 1.9 a
+  ``subscribe`` that raises instead of returning normally (the subscriber gets
+  ``on_subscribe`` first if it had not, then that exception);
+* reported to the hook: Rule 1.7 anything after the publisher's own
+  ``on_complete``/``on_error`` (an item, a second terminal), Rule 2.5 a second
+  subscription (cancelled), Rule 1.9 a terminal signal before ``on_subscribe``
+  (the subscriber still gets ``on_subscribe`` first);
 * Rule 1.3: overlapping signals from two threads are serialized (a re-entrant
   lock, so synchronous nesting on one thread is still allowed);
 * Rule 3.9: demand is validated here, so a bad ``request`` is answered with
-  ``on_error`` even if the publisher would have raised or ignored it.
+  ``on_error`` even if the publisher would have raised or ignored it;
+* Rule 3.13: after ``cancel`` or the terminal signal, the subscriber is dropped.
+
+How the stream ends is kept in one ``Terminal``; every ending is delivered
+under ``_signal_lock`` at the moment it is decided (``Terminal.finish``), so
+there is no state in which the stream is over but its error is not known.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from typing_extensions import override
 
+from .._core._arbiter import cancel_quietly
 from .._core._demand import UNBOUNDED, add_cap, check_request
 from .._core._hooks import ProtocolViolationError, report_undeliverable
-from .._core._operator import CANCELLED
+from .._core._operator import CANCELLED, DETACHED, EmptySubscription
 from .._core._signals import signal_complete, signal_error
+from .._core._terminal import Terminal
 from .._flow import Flow
 from ._iterable import NoneItemError
 
@@ -35,28 +49,43 @@ __all__ = ["PublisherFlow"]
 
 T = TypeVar("T")
 
+_NOT_YET: Final = EmptySubscription()
+"""``_StrictSubscriber._upstream`` before ``on_subscribe`` (and before downstream got one)."""
+
+_ENDED: Final = EmptySubscription()
+"""``_StrictSubscriber._upstream`` after the publisher's own terminal signal."""
+
 
 class _StrictSubscriber(Generic[T]):
     __slots__ = (
         "_actual",
         "_delivered",
         "_demand_lock",
-        "_done",
         "_requested",
         "_signal_lock",
         "_source",
+        "_terminal",
         "_upstream",
     )
 
     def __init__(self, actual: Subscriber[T], source: object) -> None:
-        self._actual = actual
+        # Invariant: the subscriber until the ending was delivered or
+        # downstream cancelled, DETACHED after (Rule 3.13).
+        self._actual: Subscriber[T] = actual
         self._source = source
-        self._upstream: Subscription = CANCELLED
+        # Written under _signal_lock, except by cancel (which only ever
+        # writes CANCELLED). Invariant: _NOT_YET until downstream got
+        # on_subscribe; the publisher's subscription while it runs; _ENDED
+        # once the publisher signalled its terminal (what it sends after that
+        # breaks Rule 1.7); CANCELLED once downstream cancelled or the guard
+        # ended the stream itself (what it sends after that is Rule 2.8 noise).
+        self._upstream: Subscription = _NOT_YET
         # Guarded by _demand_lock.
         self._requested = 0
         # Only touched while holding _signal_lock.
         self._delivered = 0
-        self._done = False
+        # How the stream ends; closed once the ending was delivered or downstream cancelled.
+        self._terminal = Terminal(source)
         self._demand_lock = threading.Lock()
         self._signal_lock = threading.RLock()
 
@@ -66,9 +95,13 @@ class _StrictSubscriber(Generic[T]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         with self._signal_lock:
-            if self._upstream is not CANCELLED or self._done:
-                _cancel_quietly(subscription)
-                self._violation("Rule 2.5: on_subscribe called twice; the second was cancelled")
+            current = self._upstream
+            if current is not _NOT_YET:
+                cancel_quietly(subscription)
+                if current is _ENDED:
+                    self._violation("Rule 1.7: on_subscribe after the terminal signal; cancelled")
+                elif current is not CANCELLED:  # after cancel or our own ending it is expected
+                    self._violation("Rule 2.5: on_subscribe called twice; the second was cancelled")
                 return
             self._upstream = subscription
             try:
@@ -82,10 +115,15 @@ class _StrictSubscriber(Generic[T]):
                 self._terminate(NoneItemError(f"{self._source!r} emitted None"))
             raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
         with self._signal_lock:
-            if self._done:
+            upstream = self._upstream
+            if upstream is CANCELLED:
+                return  # Rule 2.8: items may still arrive after cancel
+            if upstream is _ENDED:
+                self._violation(f"Rule 1.7: on_next({item!r}) after the terminal signal")
                 return
-            if self._upstream is CANCELLED:
-                self._violation("Rule 1.9: on_next before on_subscribe")
+            if upstream is _NOT_YET:
+                self._start_early()
+                self._terminate(ProtocolViolationError("Rule 1.9: on_next before on_subscribe"))
                 return
             delivered = self._delivered + 1
             if delivered > self._requested:
@@ -106,43 +144,54 @@ class _StrictSubscriber(Generic[T]):
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
         with self._signal_lock:
-            if self._done:
-                report_undeliverable(error, f"{self._source!r} after terminal (Rule 1.7)")
+            upstream = self._upstream
+            if upstream is _ENDED or upstream is CANCELLED:
+                report_undeliverable(error, f"{self._source!r} after terminal/cancel (Rule 1.7)")
                 return
-            self._ensure_subscribed("on_error")
-            self._done = True
-            self._upstream = CANCELLED
-            signal_error(self._actual, error, self._source)
+            if upstream is _NOT_YET:
+                self._violation("Rule 1.9: on_error before on_subscribe")
+                self._start_early()
+            self._upstream = _ENDED
+            if self._terminal.finish(error) is not None:  # None: cancelled meanwhile (reported)
+                signal_error(self._release(), error, self._source)
 
     def on_complete(self) -> None:
         with self._signal_lock:
-            if self._done:
+            upstream = self._upstream
+            if upstream is CANCELLED:
+                return  # Rule 2.8: after cancel, or after the guard ended the stream
+            if upstream is _ENDED:
+                self._violation("Rule 1.7: on_complete after the terminal signal")
                 return
-            self._ensure_subscribed("on_complete")
-            self._done = True
-            self._upstream = CANCELLED
-            signal_complete(self._actual, self._source)
+            if upstream is _NOT_YET:
+                self._violation("Rule 1.9: on_complete before on_subscribe")
+                self._start_early()
+            self._upstream = _ENDED
+            if self._terminal.finish() is not None:
+                signal_complete(self._release(), self._source)
 
-    def _ensure_subscribed(self, signal: str) -> None:
-        """Rule 1.9: downstream must see on_subscribe before a terminal signal."""
-        if self._upstream is CANCELLED:
-            self._violation(f"Rule 1.9: {signal} before on_subscribe")
-            try:
-                self._actual.on_subscribe(self)
-            except Exception as fault:  # Rule 2.13
-                report_undeliverable(fault, f"{self._actual!r}.on_subscribe")
+    def subscribe_raised(self, error: Exception) -> None:
+        """The publisher's ``subscribe`` raised (Rule 1.9: it must return normally)."""
+        with self._signal_lock:
+            if self._terminal.is_closed:
+                report_undeliverable(error, f"{self._source!r}.subscribe() after terminal")
+                return
+            if self._upstream is _NOT_YET:
+                self._start_early()
+            self._terminate(error)
 
     # -- from downstream ---------------------------------------------------------
 
     def request(self, n: int) -> None:
+        if self._terminal.is_closed:
+            return  # Rule 3.6
         error = check_request(n)
         if error is not None:
             with self._signal_lock:
-                self._terminate(error)
+                if not self._terminal.is_closed:  # a second bad request is a no-op
+                    self._terminate(error)
             return
         with self._demand_lock:
-            if self._done:
-                return
             self._requested = add_cap(self._requested, n)
         upstream = self._upstream
         try:
@@ -152,31 +201,39 @@ class _StrictSubscriber(Generic[T]):
                 self._terminate(fault)
 
     def cancel(self) -> None:
-        self._done = True
+        if not self._terminal.cancel():
+            return  # Rule 3.7: already cancelled, or the ending was delivered
+        self._actual = DETACHED
         upstream, self._upstream = self._upstream, CANCELLED
-        _cancel_quietly(upstream)
+        if upstream is not _ENDED:
+            cancel_quietly(upstream)
 
-    # -- helpers -----------------------------------------------------------------
+    # -- helpers (caller holds _signal_lock) ----------------------------------------
+
+    def _start_early(self) -> None:
+        """Rule 1.9: downstream must see on_subscribe before anything else."""
+        self._upstream = CANCELLED  # the guard ends the stream next; its own on_subscribe is late
+        try:
+            self._actual.on_subscribe(self)
+        except Exception as fault:  # Rule 2.13
+            report_undeliverable(fault, f"{self._actual!r}.on_subscribe")
 
     def _terminate(self, error: Exception) -> None:
-        """Cancel upstream and fail downstream once. Caller holds _signal_lock."""
-        if self._done:
-            report_undeliverable(error, repr(self._source))
-            return
-        self._done = True
+        """End the stream from the guard: cancel the publisher, fail downstream once."""
+        if self._terminal.finish(error) is None:
+            return  # already over: finish reported the error (Rule 1.7)
         upstream, self._upstream = self._upstream, CANCELLED
-        _cancel_quietly(upstream)
-        signal_error(self._actual, error, self._source)
+        if upstream is not _ENDED:
+            cancel_quietly(upstream)
+        signal_error(self._release(), error, self._source)
+
+    def _release(self) -> Subscriber[T]:
+        """Take the subscriber for its terminal signal and drop it (Rule 3.13)."""
+        actual, self._actual = self._actual, DETACHED
+        return actual
 
     def _violation(self, message: str) -> None:
         report_undeliverable(ProtocolViolationError(message), repr(self._source))
-
-
-def _cancel_quietly(subscription: Subscription) -> None:
-    try:
-        subscription.cancel()
-    except Exception as fault:  # Rule 3.15: cancel must return normally
-        report_undeliverable(fault, f"{subscription!r}.cancel()")
 
 
 class PublisherFlow(Flow[T]):
@@ -191,7 +248,11 @@ class PublisherFlow(Flow[T]):
 
     @override
     def _subscribe(self, subscriber: Subscriber[T]) -> None:
-        self._publisher.subscribe(_StrictSubscriber(subscriber, self._publisher))
+        guard = _StrictSubscriber(subscriber, self._publisher)
+        try:
+            self._publisher.subscribe(guard)
+        except Exception as error:  # Rule 1.9: never out of Flow.subscribe
+            guard.subscribe_raised(error)
 
     def __repr__(self) -> str:
         return f"Flow.from_publisher({self._publisher!r})"

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+
 import pytest
 from typing_extensions import override
 
@@ -14,6 +21,7 @@ from reactive_bp import (
     Subscription,
 )
 from reactive_bp._core._operator import EmptySubscription
+from reactive_bp.schedulers import VirtualTimeScheduler
 from reactive_bp.testing import TestPublisher, TestSubscriber
 
 pytestmark = pytest.mark.no_undeliverable
@@ -154,3 +162,118 @@ def test_a_lifted_operator_runs_in_a_pipeline() -> None:
     upstream.send_next(1, 2)
     upstream.send_complete()
     assert subscriber.items == [1, 1, 2, 2] and subscriber.completed
+
+
+# -- Rule 3.13: a cancelled subscription lets its subscriber go ------------------------------
+
+HELD_AFTER_CANCEL: dict[str, Callable[[Flow[int]], Flow[object]]] = {
+    "map": lambda f: f.map(lambda x: x + 1),
+    "filter": lambda f: f.filter(lambda x: x % 2 == 0),
+    "take": lambda f: f.take(50),
+    "skip": lambda f: f.skip(1),
+    "take_while": lambda f: f.take_while(lambda x: x < 50),
+    "skip_while": lambda f: f.skip_while(lambda x: x < 1),
+    "distinct_until_changed": lambda f: f.distinct_until_changed(),
+    "scan": lambda f: f.scan(lambda a, x: a + x),
+    "buffer": lambda f: f.buffer(2),
+    "do_on_next": lambda f: f.do_on_next(lambda x: None),
+    "do_on_request": lambda f: f.do_on_request(lambda n: None),
+    "do_on_cancel": lambda f: f.do_on_cancel(lambda: None),
+    "sample_every": lambda f: f.sample_every(2),
+    "reduce": lambda f: f.reduce(lambda a, x: a + x),
+    "lift": lambda f: f.lift(_Twice),
+    "map.filter": lambda f: f.map(lambda x: x + 1).filter(lambda x: x % 2 == 0),
+}
+
+
+@pytest.mark.parametrize("name", list(HELD_AFTER_CANCEL))
+def test_a_held_subscription_does_not_keep_the_subscriber_after_cancel(name: str) -> None:
+    for source in (Flow.range(100), Flow.never()):
+        subscriber: TestSubscriber[object] = TestSubscriber(2)
+        HELD_AFTER_CANCEL[name](source).subscribe(subscriber)
+        subscription = subscriber.subscription  # what a caller may hold on to
+        subscription.cancel()
+        ref = weakref.ref(subscriber)
+        del subscriber
+        gc.collect()
+        assert ref() is None, f"{name}: the subscription still reaches the subscriber"
+        subscription.request(1)  # still usable: a no-op (Rule 3.6)
+        subscription.cancel()  # idempotent (Rule 3.7)
+
+
+def test_subscribe_on_does_not_keep_the_subscriber_after_cancel() -> None:
+    vts = VirtualTimeScheduler()
+    subscriber: TestSubscriber[int] = TestSubscriber(2)
+    Flow.range(100).subscribe_on(vts).subscribe(subscriber)
+    vts.run_ready()
+    assert subscriber.items == [0, 1]
+    subscription = subscriber.subscription
+    subscription.cancel()
+    ref = weakref.ref(subscriber)
+    del subscriber
+    gc.collect()
+    assert ref() is None
+    subscription.request(1)
+    vts.run_ready()
+
+
+def test_signals_after_cancel_reach_nobody_and_a_late_error_is_reported(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    operator, _, downstream = _attached()
+    downstream.request(5)
+    downstream.cancel()
+    assert operator.try_on_next(1) is True  # the conditional path after cancel
+    operator.on_next(2)
+    operator.on_complete()
+    operator.on_error(KeyError("late"))
+    assert downstream.items == [] and not downstream.completed and not downstream.errors
+    assert [type(e) for e, _ in undeliverable] == [KeyError]
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+RACED: dict[str, Callable[[Flow[int]], Flow[object]]] = {
+    "map": HELD_AFTER_CANCEL["map"],
+    "filter": HELD_AFTER_CANCEL["filter"],
+    "map.filter": HELD_AFTER_CANCEL["map.filter"],
+    "take": lambda f: f.take(900_000),
+    "do_on_next": HELD_AFTER_CANCEL["do_on_next"],
+    "take.map": lambda f: f.take(900_000).map(lambda x: x * 2),
+}
+
+
+@pytest.mark.usefixtures("fast_switching")
+@pytest.mark.parametrize("name", list(RACED))
+def test_cancel_racing_the_hot_path_never_crashes(name: str) -> None:
+    """An item in flight on one thread while another cancels (and drops the subscriber)."""
+    for run in range(200):
+        subscriber: TestSubscriber[object] = TestSubscriber()
+        RACED[name](Flow.range(1_000_000)).subscribe(subscriber)
+        start = threading.Barrier(2)
+
+        def pull(start: threading.Barrier = start, s: TestSubscriber[object] = subscriber) -> None:
+            start.wait()
+            s.request(UNBOUNDED)
+
+        thread = threading.Thread(target=pull)
+        thread.start()
+        start.wait()
+        for _ in range(run % 7):
+            time.sleep(0)
+        subscriber.cancel()
+        thread.join(10)
+        assert not thread.is_alive()
+        count = len(subscriber.items)
+        subscriber.request(10)
+        assert len(subscriber.items) == count  # nothing after cancel returned
+        assert not subscriber.errors and not subscriber.completed, subscriber.errors
+        subscriber.assert_clean()

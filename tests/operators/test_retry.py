@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +18,7 @@ from reactive_bp import (
     NonPositiveRequestError,
     RetryExhaustedError,
 )
+from reactive_bp.abc import Subscription
 from reactive_bp.schedulers import VirtualTimeScheduler
 from reactive_bp.testing import TestPublisher, TestSubscriber
 from tests.operators.test_time import (
@@ -27,6 +30,16 @@ from tests.operators.test_time import (
 from tests.scenarios import Boom
 
 pytestmark = pytest.mark.no_undeliverable
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 class Flaky:
@@ -258,6 +271,73 @@ def test_a_bad_request_is_never_retried() -> None:
     subscriber.request(0)
     assert calls[0] == 1
     assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]
+
+
+@pytest.mark.parametrize("bad", [-1, 0, None])
+def test_a_bad_request_during_the_backoff_wait_is_answered_at_once(bad: object) -> None:
+    """Rule 3.9: not after the wait, and not through one more subscription."""
+    vts = VirtualTimeScheduler()
+    flaky = Flaky([[1], [2], [3]], vts)
+    subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+    flaky.flow().retry(3, Backoff.fixed(5.0), scheduler=vts).subscribe(subscriber)
+    assert subscriber.items == [1] and vts.pending == 1  # waiting to retry
+    vts.advance_by(1.0)
+    subscriber.request(bad)  # type: ignore[arg-type]
+    expected = NonPositiveRequestError if bad is not None else TypeError
+    assert [type(e) for e in subscriber.errors] == [expected]  # now, at t=1
+    assert vts.pending == 0  # the wait was called off
+    vts.advance_by(10.0)
+    assert flaky.subscribed_at == [0.0]  # never re-subscribed
+    assert subscriber.items == [1] and not subscriber.completed
+    subscriber.assert_clean()
+
+
+def test_a_bad_request_inside_on_subscribe_subscribes_nothing() -> None:
+    calls = [0]
+
+    def source() -> Flow[int]:
+        calls[0] += 1
+        return Flow.range(5)
+
+    class BadAtOnce(TestSubscriber[int]):
+        def on_subscribe(self, subscription: Subscription) -> None:
+            super().on_subscribe(subscription)
+            subscription.request(-1)
+
+    subscriber = BadAtOnce()
+    Flow.defer(source).retry(3).subscribe(subscriber)
+    assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]
+    assert calls[0] == 0
+    subscriber.assert_clean()
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_a_bad_request_racing_the_end_of_the_backoff_is_signalled_once() -> None:
+    """The requesting thread and the timer's re-subscription both see the bad request."""
+    for _ in range(300):
+        vts = VirtualTimeScheduler()
+        flaky = Flaky([[1], [2]], vts)
+        subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+        flaky.flow().retry(3, Backoff.fixed(1.0), scheduler=vts).subscribe(subscriber)
+        start = threading.Barrier(2)
+
+        def bad(start: threading.Barrier = start, s: TestSubscriber[int] = subscriber) -> None:
+            start.wait()
+            s.request(-1)
+
+        thread = threading.Thread(target=bad)
+        thread.start()
+        start.wait()
+        vts.advance_by(1.0)
+        thread.join(5)
+        assert subscriber.await_terminal(5)
+        # Either the error came first, or the second attempt completed first
+        # (then the late bad request is a no-op, Rule 3.6).
+        if subscriber.errors:
+            assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]
+        else:
+            assert subscriber.items == [1, 2] and subscriber.completed
+        subscriber.assert_clean()
 
 
 def test_retry_default_scheduler_in_real_time() -> None:

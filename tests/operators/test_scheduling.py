@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from reactive_bp import UNBOUNDED, Flow, NonPositiveRequestError
-from reactive_bp.schedulers import ThreadPoolScheduler, VirtualTimeScheduler
-from reactive_bp.testing import TestSubscriber
+from reactive_bp import (
+    UNBOUNDED,
+    Flow,
+    NonPositiveRequestError,
+    RejectedExecutionError,
+    SourceQueue,
+)
+from reactive_bp.schedulers import Cancellable, ThreadPoolScheduler, VirtualTimeScheduler
+from reactive_bp.testing import TestPublisher, TestSubscriber
 
 pytestmark = pytest.mark.no_undeliverable
 
@@ -124,4 +131,253 @@ def test_subscribe_on_hands_requests_over_serially_and_after_on_subscribe() -> N
             Flow.range(300).do_on_request(seen.append).subscribe_on(pool).subscribe(subscriber)
             assert subscriber.await_terminal(10) or len(subscriber.items) == 300
         assert subscriber.items == list(range(300))
+        subscriber.assert_clean()
+
+
+# -- a pool that shuts down under a stream: on_error naming it, never silence --------------
+
+
+def _blocked_pool(name: str) -> tuple[ThreadPoolScheduler, threading.Event]:
+    """A one-worker pool whose worker is busy until the returned event is set."""
+    pool = ThreadPoolScheduler(1, thread_name_prefix=name)
+    release = threading.Event()
+    started = threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait(10)
+
+    pool.schedule(block)
+    assert started.wait(5)
+    return pool, release
+
+
+def _assert_rejected_by(subscriber: TestSubscriber[int], name: str) -> None:
+    assert subscriber.await_terminal(5), "the subscriber was left waiting"
+    assert subscriber.signals[0] == "on_subscribe"
+    [error] = subscriber.errors
+    assert isinstance(error, RejectedExecutionError)
+    assert "ThreadPoolScheduler" in str(error) and repr(name) in str(error)
+    assert not subscriber.completed
+    subscriber.assert_clean()
+
+
+def test_publish_on_fails_when_the_pool_drops_its_queued_drain() -> None:
+    pool, release = _blocked_pool("drained")
+    try:
+        subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+        Flow.range(10).publish_on(pool, prefetch=4).subscribe(subscriber)
+        assert subscriber.items == []  # the drain waits behind the blocked worker
+        pool.shutdown(wait=False)
+        _assert_rejected_by(subscriber, "drained")
+        assert subscriber.items == []
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_publish_on_fails_when_the_pool_is_already_shut_down() -> None:
+    pool = ThreadPoolScheduler(1, thread_name_prefix="closed")
+    pool.shutdown()
+    subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+    Flow.range(10).publish_on(pool).subscribe(subscriber)
+    _assert_rejected_by(subscriber, "closed")
+
+
+def test_subscribe_on_fails_when_the_pool_drops_the_subscribe() -> None:
+    pool, release = _blocked_pool("unsubscribed")
+    try:
+        subscribed: list[bool] = []
+
+        def factory() -> Flow[int]:
+            subscribed.append(True)
+            return Flow.range(10)
+
+        subscriber: TestSubscriber[int] = TestSubscriber(5)
+        Flow.defer(factory).subscribe_on(pool).subscribe(subscriber)
+        assert subscriber.signals == []
+        pool.shutdown(wait=False)
+        _assert_rejected_by(subscriber, "unsubscribed")
+        assert subscribed == []  # the source was never subscribed
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_subscribe_on_fails_when_the_pool_drops_a_request() -> None:
+    pool = ThreadPoolScheduler(1, thread_name_prefix="dropped")
+    release = threading.Event()
+    cancelled: list[bool] = []
+    try:
+        subscriber: TestSubscriber[int] = TestSubscriber(2)
+        Flow.range(10).do_on_cancel(lambda: cancelled.append(True)).subscribe_on(pool).subscribe(
+            subscriber
+        )
+        deadline = time.monotonic() + 5
+        while len(subscriber.items) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert subscriber.items == [0, 1]
+        busy = threading.Event()
+
+        def block() -> None:
+            busy.set()
+            release.wait(10)
+
+        pool.schedule(block)  # the worker is busy ...
+        assert busy.wait(5)
+        subscriber.request(3)  # ... so this request waits behind it
+        pool.shutdown(wait=False)
+        _assert_rejected_by(subscriber, "dropped")
+        assert subscriber.items == [0, 1]
+        assert cancelled == [True]  # the source is told to stop
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_subscribe_on_fails_on_a_pool_that_is_already_shut_down() -> None:
+    pool = ThreadPoolScheduler(1, thread_name_prefix="closed")
+    pool.shutdown()
+    subscriber: TestSubscriber[int] = TestSubscriber(5)
+    Flow.range(10).subscribe_on(pool).subscribe(subscriber)
+    _assert_rejected_by(subscriber, "closed")
+
+
+def test_subscribe_on_request_on_a_pool_shut_down_meanwhile_fails_the_stream() -> None:
+    """Before: the request ran the source on the requesting thread instead."""
+    with ThreadPoolScheduler(1, thread_name_prefix="meanwhile") as pool:
+        subscriber: TestSubscriber[int] = TestSubscriber(1)
+        Flow.range(10).subscribe_on(pool).subscribe(subscriber)
+        deadline = time.monotonic() + 5
+        while not subscriber.items and time.monotonic() < deadline:
+            time.sleep(0.001)
+    subscriber.request(5)
+    _assert_rejected_by(subscriber, "meanwhile")
+    assert subscriber.items == [0]
+
+
+# -- subscribe_on demand -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [None, 0, -1, 1.5, "3"])
+def test_subscribe_on_answers_an_invalid_request_with_on_error(bad: object) -> None:
+    vts = VirtualTimeScheduler()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    Flow.range(10).subscribe_on(vts).subscribe(subscriber)
+    vts.run_ready()
+    subscriber.request(bad)  # type: ignore[arg-type]
+    vts.run_ready()
+    expected = NonPositiveRequestError if type(bad) is int else TypeError
+    assert [type(e) for e in subscriber.errors] == [expected]
+    assert subscriber.items == []
+    subscriber.assert_clean()
+
+
+def test_subscribe_on_a_bad_request_after_good_ones_still_fails() -> None:
+    vts = VirtualTimeScheduler()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    Flow.range(10).subscribe_on(vts).subscribe(subscriber)
+    vts.run_ready()
+    subscriber.request(2)
+    subscriber.request(None)  # type: ignore[arg-type]
+    subscriber.request(3)
+    vts.run_ready()
+    assert [type(e) for e in subscriber.errors] == [TypeError]
+    subscriber.assert_clean()
+
+
+# -- racing a pool shutdown against the relayed signals ------------------------------------
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_subscribe_on_shutdown_racing_items_from_another_thread_never_overlaps() -> None:
+    """An error injected by the shutdown while items flow from a foreign thread (Rule 1.3)."""
+    for run in range(300):
+        source: SourceQueue[int] = SourceQueue(64)
+        pool = ThreadPoolScheduler(1, thread_name_prefix=f"race{run}")
+        subscriber: TestSubscriber[int] = TestSubscriber(1, request_on_next=1)
+        source.flow.subscribe_on(pool).subscribe(subscriber)
+        stop = threading.Event()
+
+        def produce(source: SourceQueue[int] = source, stop: threading.Event = stop) -> None:
+            i = 0
+            while not stop.is_set() and i < 2000:
+                source.offer(i)
+                i += 1
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        time.sleep(0.0005 * (run % 4))
+        pool.shutdown()
+        stop.set()
+        producer.join(10)
+        # Either the error arrived, or nothing was queued on the pool when it shut down
+        # (then the next request is refused, which fails the stream just the same).
+        subscriber.request(1)
+        assert subscriber.await_terminal(5), f"run {run}: left waiting"
+        assert [type(e) for e in subscriber.errors] == [RejectedExecutionError]
+        subscriber.assert_clean()
+
+
+class _DroppingScheduler(VirtualTimeScheduler):
+    """A virtual scheduler whose ``drop_all`` rejects what it queued, as a pool shutdown does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[object] = []
+
+    def schedule(self, action: Callable[[], object]) -> Cancellable:
+        self.queued.append(action)
+        return super().schedule(action)
+
+    def drop_all(self, error: Exception) -> None:
+        queued, self.queued = self.queued, []
+        for action in queued:
+            getattr(action, "on_rejected")(error)  # noqa: B009 - the duck-typed hook
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_subscribe_on_a_dropped_request_racing_items_is_delivered_once_and_alone() -> None:
+    """The error from the rejecting thread never overlaps an item in flight (Rule 1.3)."""
+    for run in range(300):
+        scheduler = _DroppingScheduler()
+        upstream: TestPublisher[int] = TestPublisher()
+        subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+        upstream.subscribe_on(scheduler).subscribe(subscriber)
+        scheduler.run_ready()  # subscribe and hand the demand over
+        scheduler.queued.clear()
+        start = threading.Barrier(2)
+
+        def produce(
+            start: threading.Barrier = start, upstream: TestPublisher[int] = upstream
+        ) -> None:
+            start.wait()
+            for i in range(300):
+                upstream.send_next(i)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        start.wait()
+        for _ in range(run % 5):
+            time.sleep(0)
+        subscriber.request(1)  # a flush task ...
+        error = RejectedExecutionError(f"run {run}")
+        # ... that the scheduler drops: the error is delivered here, or (in about
+        # half the runs) by the producer's thread as its item in flight leaves.
+        scheduler.drop_all(error)
+        producer.join(10)
+        assert subscriber.await_terminal(5), f"run {run}: the error was lost"
+        assert subscriber.errors == [error]
+        assert upstream.cancelled
+        assert subscriber.signals[-1].startswith("on_error")
         subscriber.assert_clean()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -313,14 +315,95 @@ def test_from_publisher_turns_a_none_item_into_on_error_and_raises_to_the_publis
     assert upstream.cancelled
 
 
-def test_from_publisher_drops_signals_after_complete(
+def test_from_publisher_reports_signals_after_complete(
     undeliverable: list[tuple[BaseException, str]],
 ) -> None:
     subscriber: TestSubscriber[int | None] = TestSubscriber(10)
     Flow.from_publisher(_ThirdParty("signals_after_complete")).subscribe(subscriber)
     assert subscriber.items == [1, 2, 3] and subscriber.completed
     subscriber.assert_clean()
-    assert [str(e) for e, _ in undeliverable] == ["late"]  # the late error is not swallowed
+    # Neither the late item nor the late error is swallowed (Rule 1.7).
+    reported = [str(e) for e, _ in undeliverable]
+    assert reported == ["Rule 1.7: on_next(99) after the terminal signal", "late"]
+    assert isinstance(undeliverable[0][0], ProtocolViolationError)
+
+
+class _Scripted:
+    """A publisher that plays a fixed list of signals from ``subscribe``."""
+
+    def __init__(self, *script: tuple[str, object]) -> None:
+        self.script = script
+        self.subscription = _Counting()
+
+    def subscribe(self, subscriber: Subscriber[int]) -> None:
+        for signal, value in self.script:
+            if signal == "subscribe":
+                subscriber.on_subscribe(self.subscription)
+            elif signal == "next":
+                subscriber.on_next(value)  # type: ignore[arg-type]
+            elif signal == "error":
+                subscriber.on_error(value)  # type: ignore[arg-type]
+            else:
+                subscriber.on_complete()
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def request(self, n: int) -> None:
+        pass
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_from_publisher_reports_a_second_on_complete(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    publisher = _Scripted(("subscribe", None), ("next", 1), ("complete", None), ("complete", None))
+    subscriber: TestSubscriber[int] = TestSubscriber(5)
+    Flow.from_publisher(publisher).subscribe(subscriber)
+    assert subscriber.items == [1] and subscriber.completed
+    subscriber.assert_clean()
+    assert [type(e) for e, _ in undeliverable] == [ProtocolViolationError]
+    assert "Rule 1.7" in str(undeliverable[0][0])
+
+
+def test_from_publisher_reports_an_error_after_an_error(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    first, second = KeyError("first"), KeyError("second")
+    publisher = _Scripted(("subscribe", None), ("error", first), ("error", second))
+    subscriber: TestSubscriber[int] = TestSubscriber(5)
+    Flow.from_publisher(publisher).subscribe(subscriber)
+    assert subscriber.errors == [first]
+    subscriber.assert_clean()
+    assert [e for e, _ in undeliverable] == [second]
+
+
+def test_from_publisher_is_silent_about_signals_after_cancel() -> None:
+    """Rule 2.8: after cancel, items and the terminal may still arrive; that is not a fault."""
+    publisher = _Scripted(("subscribe", None), ("next", 1), ("next", 2), ("complete", None))
+    subscriber: TestSubscriber[int] = TestSubscriber(5, cancel_after=1)
+    Flow.from_publisher(publisher).subscribe(subscriber)
+    assert subscriber.items == [1] and not subscriber.completed
+    assert publisher.subscription.cancelled
+    subscriber.assert_clean()
+
+
+def test_from_publisher_drops_the_subscriber_after_cancel_and_after_the_end() -> None:
+    """Rule 3.13: the guard (the subscription downstream holds) lets the subscriber go."""
+    for script in [(("subscribe", None),), (("subscribe", None), ("complete", None))]:
+        subscriber: TestSubscriber[int] = TestSubscriber(1)
+        Flow.from_publisher(_Scripted(*script)).subscribe(subscriber)
+        subscription = subscriber.subscription
+        subscription.cancel()
+        ref = weakref.ref(subscriber)
+        del subscriber
+        gc.collect()
+        assert ref() is None
+        subscription.request(1)  # still held, and a no-op now (Rule 3.6)
 
 
 def test_from_publisher_validates_demand_itself() -> None:
@@ -340,13 +423,17 @@ def test_from_publisher_turns_a_raising_request_into_on_error() -> None:
     assert [type(e) for e in subscriber.errors] == [RuntimeError]
 
 
-def test_from_publisher_reports_on_next_before_on_subscribe(
-    undeliverable: list[tuple[BaseException, str]],
-) -> None:
+def test_from_publisher_fails_on_next_before_on_subscribe() -> None:
+    upstream = _ThirdParty("next_before_subscribe")
     subscriber: TestSubscriber[int | None] = TestSubscriber(10)
-    Flow.from_publisher(_ThirdParty("next_before_subscribe")).subscribe(subscriber)
-    assert subscriber.items == [1, 2, 3]
-    assert any("Rule 1.9" in str(e) for e, _ in undeliverable)
+    Flow.from_publisher(upstream).subscribe(subscriber)
+    assert subscriber.signals[0] == "on_subscribe"  # Rule 1.9 towards downstream
+    assert subscriber.items == [] and not subscriber.completed
+    [error] = subscriber.errors
+    assert isinstance(error, ProtocolViolationError) and "Rule 1.9" in str(error)
+    assert upstream.cancelled  # its late on_subscribe was cancelled
+    assert upstream.requested == []  # and never asked for anything
+    subscriber.assert_clean()
 
 
 class _TwoThreadPublisher:
