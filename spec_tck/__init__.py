@@ -13,7 +13,11 @@ rule's text. Without pytest, ``verification.run()`` returns a ``RuleResult`` per
 ``python -m spec_tck MODULE:FACTORY`` runs the publisher checks from the command line.
 
 ``DemandVerification`` checks an operator's demand handling with Hypothesis-generated
-request/cancel schedules.
+request/cancel schedules. Hypothesis (the ``tck`` extra) is imported only when schedules are
+generated, so importing this package, the pytest plugin and ``python -m spec_tck`` need
+nothing beyond reactive_bp itself.
+
+Every failure ends with one line saying how to fix it (``how_to_fix(rule)``).
 """
 
 from ._demand_checker import (
@@ -105,6 +109,9 @@ from ._processor import (
 )
 from ._publisher import PublisherVerification as PublisherVerification
 from ._rules import (
+    RULE_FIXES as RULE_FIXES,
+)
+from ._rules import (
     RULE_TEXTS as RULE_TEXTS,
 )
 from ._rules import (
@@ -112,6 +119,9 @@ from ._rules import (
 )
 from ._rules import (
     RuleResult as RuleResult,
+)
+from ._rules import (
+    how_to_fix as how_to_fix,
 )
 from ._subscriber import (
     SubscriberBlackboxVerification as SubscriberBlackboxVerification,
@@ -130,6 +140,7 @@ __all__ = [
     "GC_TIMEOUT_ENV",
     "NO_SIGNALS_TIMEOUT_ENV",
     "POLL_TIMEOUT_ENV",
+    "RULE_FIXES",
     "RULE_TEXTS",
     "SAME_AS_DOWNSTREAM",
     "UNBOUNDED_BY_DESIGN",
@@ -160,6 +171,7 @@ __all__ = [
     "UpstreamError",
     "Verification",
     "format_results",
+    "how_to_fix",
     "per_output",
     "schedules",
     "verify_operator_demand",

@@ -13,12 +13,28 @@ operator granted upstream. After every step it checks:
 * the demand outstanding upstream stays within the declared ``upstream_bound``;
 * a downstream ``cancel()`` reaches upstream (Rule 3.12);
 * what was delivered is a prefix of ``model(emitted so far)`` (nothing lost, duplicated or
-  reordered), or for a lossy operator a subsequence, with every gap reported as dropped.
+  reordered), or for a lossy operator a subsequence, with every gap reported as dropped;
+* no stall: while downstream has demand outstanding and upstream has not ended, the operator
+  has upstream demand outstanding (and has neither cancelled upstream itself nor failed to
+  subscribe) or holds something to deliver. What it *holds* is
+  ``len(model(received)) - delivered - dropped``: the outputs it owes downstream. So
+  ``buffer(3)`` holding two items is fine, and a ``filter`` that swallows an item without
+  requesting a replacement is caught at the step that left downstream waiting forever.
+  Without a ``model`` every received item counts as one output, so a swallowed item looks
+  held; give a ``model`` to catch those. A time-driven operator tested on a virtual clock
+  declares ``advance_time``: the checker calls it before it calls anything a stall, and in
+  the final drain; an asynchronous one gets ``stall_grace_ms`` to request upstream.
 
 At the end it requests everything that is left, completes upstream if the schedule did
 not end it, and checks that a completion or an upstream error arrives downstream exactly
 once, and that the output equals ``model(everything emitted)``. Hypothesis shrinks a failing
-schedule; the failure prints it as ``[request(2), emit(0), cancel()]``.
+schedule; ``run()`` then replays the shrunk schedule once more and reports that run: the
+schedule as ``[request(2), emit(0), cancel()]``, a trace with one line per step, and a last
+line saying how to fix the problem.
+
+Hypothesis is needed only to generate schedules (``run()``, ``schedules()``): it is imported
+when first used, so ``check_schedule()`` and the rest of ``spec_tck`` work without it, and
+``run()`` without it raises one line naming the extra (``pip install 'reactive-bp[tck]'``).
 
 Declaring the upstream bound (how much the operator may have requested upstream but not
 yet received, after each step):
@@ -62,22 +78,34 @@ Registering an operator (how reactive_bp registers each of its operators)::
 
 ``run()`` raises ``DemandViolation`` (an ``AssertionError``) with the shrunk schedule;
 ``check_schedule(steps)`` replays one schedule deterministically (for regression tests).
+A failure reads like this::
+
+    filter without replenish: stall: downstream waits for 1 more item(s), upstream has not
+    ended, the operator has no outstanding upstream request and holds nothing (after step 2:
+    emit(1))
+      schedule: [request(1), emit(1)]
+      trace:
+        subscribe: up.subscribe; down.on_subscribe
+        step 1 request(1): down.request(1); up.request(1)
+        step 2 emit(1): up.on_next(1); !! stall: ...
+      how to fix: request a replacement upstream for every item consumed without emitting
 """
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias, TypeVar
 
-from hypothesis import HealthCheck, find, given, settings
-from hypothesis import strategies as st
-
 from reactive_bp._core._demand import UNBOUNDED, add_cap, check_request, multiply_cap
 
 if TYPE_CHECKING:
+    # Only for annotations: Hypothesis is imported where schedules are generated.
+    from hypothesis import strategies as st
+
     from reactive_bp.abc import Publisher, Subscriber, Subscription
 
 __all__ = [
@@ -101,6 +129,29 @@ __all__ = [
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+TCK_EXTRA: Final = "pip install 'reactive-bp[tck]'"
+
+
+def _hypothesis_installed() -> bool:
+    return importlib.util.find_spec("hypothesis") is not None
+
+
+def _require_hypothesis(what: str) -> None:
+    """Raise one line naming the extra when Hypothesis is not installed.
+
+    Args:
+        what: The call that needs Hypothesis, for the message.
+
+    Raises:
+        ModuleNotFoundError: Hypothesis cannot be imported.
+    """
+    if not _hypothesis_installed():
+        raise ModuleNotFoundError(
+            f"spec_tck: {what} generates schedules with Hypothesis, which is not installed: "
+            f"{TCK_EXTRA}",
+            name="hypothesis",
+        )
 
 
 class Unbounded:
@@ -201,29 +252,103 @@ def schedules(
     A schedule is a body of requests and emits, then at most one ending (``complete()``,
     ``error()`` or ``cancel()``), then a short tail of requests and emits that probe what
     happens after the ending. Keeping endings rare in the body lets long streams happen.
+
+    Args:
+        elements: Strategy for the items upstream emits.
+        max_steps: Longest body.
+
+    Returns:
+        A strategy of step lists.
+
+    Raises:
+        ModuleNotFoundError: Hypothesis is not installed (the ``tck`` extra).
     """
-    request = st.one_of(
-        st.integers(min_value=1, max_value=4).map(Request),
-        st.just(Request(UNBOUNDED)),
+    _require_hypothesis("schedules()")
+    from hypothesis import strategies as hs
+
+    request = hs.one_of(
+        hs.integers(min_value=1, max_value=4).map(Request),
+        hs.just(Request(UNBOUNDED)),
     )
     emit = elements.map(Emit)
-    flowing: st.SearchStrategy[Step] = st.one_of(request, emit, emit)
-    ending: st.SearchStrategy[list[Step]] = st.one_of(
-        st.just([]),
-        st.sampled_from([Complete(), Fail(), Cancel()]).map(lambda step: [step]),
+    flowing: st.SearchStrategy[Step] = hs.one_of(request, emit, emit)
+    ending: st.SearchStrategy[list[Step]] = hs.one_of(
+        hs.just([]),
+        hs.sampled_from([Complete(), Fail(), Cancel()]).map(lambda step: [step]),
     )
-    tail = st.lists(st.one_of(flowing, st.just(Cancel())), max_size=4)
-    return st.tuples(st.lists(flowing, max_size=max_steps), ending, tail).map(
+    tail = hs.lists(hs.one_of(flowing, hs.just(Cancel())), max_size=4)
+    return hs.tuples(hs.lists(flowing, max_size=max_steps), ending, tail).map(
         lambda parts: [*parts[0], *parts[1], *parts[2]]
     )
 
 
 class DemandViolation(AssertionError):
-    """An operator mishandled demand; the message holds the schedule and the trace."""
+    """An operator mishandled demand; the message holds the schedule, the trace and a fix.
+
+    Attributes:
+        schedule: The schedule that failed (after ``run()``: the shrunk one).
+        fix: One line saying how to fix the problem.
+    """
+
+    def __init__(self, message: str, schedule: Sequence[Step] = (), fix: str = "") -> None:
+        """Create the violation; ``schedule`` and ``fix`` are kept for tools and tests."""
+        super().__init__(message)
+        self.schedule: list[Step] = list(schedule)
+        self.fix = fix
 
 
 class UpstreamError(Exception):
     """The error the instrumented upstream sends."""
+
+
+# -- how to fix what the checker finds -----------------------------------------------------
+
+_FIX_OVER_DELIVERY: Final = (
+    "count downstream demand per subscription and stop emitting at zero (Rule 1.1)"
+)
+_FIX_AFTER_TERMINAL: Final = "record the terminal signal once and emit nothing after it (Rule 1.7)"
+_FIX_AFTER_CANCEL: Final = (
+    "set a cancelled flag in cancel() and check it before every signal (Rule 1.8)"
+)
+_FIX_BAD_REQUEST: Final = (
+    "never call request(n) upstream with n <= 0: skip the call when there is nothing to ask "
+    "for (Rule 3.9)"
+)
+_FIX_BOUND: Final = (
+    "request upstream only what outstanding downstream demand needs, or declare the "
+    "operator's real bound in upstream_bound"
+)
+_FIX_CANCEL: Final = "pass cancel() on to the upstream subscription (Rule 3.12)"
+_FIX_ITEMS: Final = (
+    "deliver model(upstream items) exactly once each and in order: look for a lost, "
+    "duplicated or reordered item in the drain loop"
+)
+_FIX_DROPS: Final = "call on_dropped(item) for every item the operator drops"
+_FIX_STALL: Final = (
+    "request a replacement upstream for every item consumed without emitting one (a "
+    "dropped item gives its demand back)"
+)
+_FIX_STALL_CANCELLED: Final = (
+    "after cancelling upstream, end downstream too (on_complete, or on_error with the reason)"
+)
+_FIX_STALL_UNSUBSCRIBED: Final = "subscribe upstream by the time downstream requests"
+_FIX_RAISED: Final = (
+    "signal methods return normally: catch the error, cancel upstream and signal on_error "
+    "downstream (Rule 2.13)"
+)
+_FIX_SUBSCRIBE: Final = (
+    "call on_subscribe exactly once, before any other signal, and subscribe upstream once "
+    "(Rule 1.9)"
+)
+_FIX_ERROR: Final = (
+    "pass an upstream error on with on_error downstream, once (set propagates_errors=False "
+    "for an operator that handles errors)"
+)
+_FIX_COMPLETION: Final = (
+    "when upstream completes, deliver what is held as demand allows, then call on_complete "
+    "exactly once (Rules 1.5, 1.7)"
+)
+_FIX_NONE: Final = "never emit None: it is not an item (Rule 2.13)"
 
 
 # -- the run of one schedule ---------------------------------------------------------------
@@ -236,8 +361,9 @@ class _Run(Generic[T, R]):
         self.spec = spec
         self.steps = list(steps)
         self.lock = threading.RLock()
-        self.trace: list[str] = []
-        self.problems: list[str] = []
+        # (step index, entry): -1 is the subscription, len(steps) the final drain.
+        self.trace: list[tuple[int, str]] = []
+        self.problems: list[tuple[str, str]] = []  # (message with where, fix)
         self.step_index = -1
         # upstream side; Invariant: guarded by lock.
         self.up_subscriber: Subscriber[T] | None = None
@@ -260,28 +386,62 @@ class _Run(Generic[T, R]):
 
     def note(self, entry: str) -> None:
         with self.lock:
-            self.trace.append(entry)
+            self.trace.append((self.step_index, entry))
 
-    def problem(self, message: str) -> None:
+    def step_label(self, index: int) -> str:
+        if index < 0:
+            return "subscribe"
+        if index >= len(self.steps):
+            return "final drain (request(UNBOUNDED), complete())"
+        return f"step {index + 1} {self.steps[index]!r}"
+
+    def problem(self, message: str, fix: str) -> None:
         with self.lock:
-            where = f"after step {self.step_index + 1}" if self.step_index >= 0 else "at subscribe"
-            if self.step_index >= len(self.steps):
+            index = self.step_index
+            if index < 0:
+                where = "at subscribe"
+            elif index >= len(self.steps):
                 where = "in the final drain"
-            self.problems.append(f"{message} ({where})")
-            self.trace.append(f"!! {message}")
+            else:
+                where = f"after step {index + 1}: {self.steps[index]!r}"
+            self.problems.append((f"{message} ({where})", fix))
+            short = message if len(message) <= 72 else f"{message[:69]}..."
+            self.trace.append((index, f"!! {short}"))
 
-    def fail_if_problems(self) -> None:
+    def trace_lines(self, *, last: int | None = None) -> list[str]:
+        """One line per step: what each side did, in order."""
+        with self.lock:
+            entries = list(self.trace)
+        by_step: dict[int, list[str]] = {}
+        for index, entry in entries:
+            by_step.setdefault(index, []).append(entry)
+        indices = sorted(set(range(-1, len(self.steps))) | set(by_step))
+        lines = [
+            f"{self.step_label(index)}: {'; '.join(by_step.get(index, ['-']))}" for index in indices
+        ]
+        if last is not None and len(lines) > last:
+            lines = [f"... {len(lines) - last} earlier step(s)", *lines[-last:]]
+        return lines
+
+    def violation(self) -> DemandViolation | None:
         with self.lock:
             if not self.problems:
-                return
-            problem = self.problems[0]
-            trace = list(self.trace)
-        shown = trace[-60:]
-        raise DemandViolation(
+                return None
+            problem, fix = self.problems[0]
+        trace = "\n".join(f"    {line}" for line in self.trace_lines(last=60))
+        return DemandViolation(
             f"{self.spec.name or 'operator'}: {problem}\n"
             f"  schedule: {self.steps!r}\n"
-            f"  trace: {'; '.join(shown)}"
+            f"  trace:\n{trace}\n"
+            f"  how to fix: {fix}",
+            schedule=self.steps,
+            fix=fix,
         )
+
+    def fail_if_problems(self) -> None:
+        violation = self.violation()
+        if violation is not None:
+            raise violation
 
     # -- upstream (the instrumented publisher) -----------------------------------------
 
@@ -291,20 +451,22 @@ class _Run(Generic[T, R]):
         with self.lock:
             self.up_subscriptions += 1
             if self.up_subscriptions > 1:
-                self.problem("the operator subscribed to upstream twice")
+                self.problem("the operator subscribed to upstream twice", _FIX_SUBSCRIBE)
                 return
             self.up_subscriber = subscriber
             self.note("up.subscribe")
         try:
             subscriber.on_subscribe(_UpstreamSubscription(self))
         except Exception as error:
-            self.problem(f"the operator's on_subscribe raised {error!r} (Rule 2.13)")
+            self.problem(f"the operator's on_subscribe raised {error!r} (Rule 2.13)", _FIX_RAISED)
 
     def up_request(self, n: object) -> None:
         with self.lock:
             self.note(f"up.request({_n(n)})")
             if check_request(n) is not None:
-                self.problem(f"the operator called request({n!r}) upstream (Rule 3.9)")
+                self.problem(
+                    f"the operator called request({n!r}) upstream (Rule 3.9)", _FIX_BAD_REQUEST
+                )
                 return
             assert isinstance(n, int)
             if not self.up_cancelled and not self.up_terminated:
@@ -336,7 +498,7 @@ class _Run(Generic[T, R]):
         try:
             subscriber.on_next(item)
         except Exception as error:
-            self.problem(f"the operator's on_next raised {error!r} (Rule 2.13)")
+            self.problem(f"the operator's on_next raised {error!r} (Rule 2.13)", _FIX_RAISED)
 
     def up_finish(self, error: UpstreamError | None) -> None:
         with self.lock:
@@ -353,7 +515,9 @@ class _Run(Generic[T, R]):
             else:
                 subscriber.on_error(error)
         except Exception as raised:
-            self.problem(f"the operator's terminal signal raised {raised!r} (Rule 2.13)")
+            self.problem(
+                f"the operator's terminal signal raised {raised!r} (Rule 2.13)", _FIX_RAISED
+            )
 
     # -- downstream (the recording subscriber) -----------------------------------------
 
@@ -361,16 +525,21 @@ class _Run(Generic[T, R]):
         with self.lock:
             self.note("down.on_subscribe")
             if self.down_subscription is not None:
-                self.problem("downstream got on_subscribe twice (Rule 1.9)")
+                self.problem("downstream got on_subscribe twice (Rule 1.9)", _FIX_SUBSCRIBE)
                 subscription.cancel()
                 return
             self.down_subscription = subscription
 
     def _down_closed(self, signal: str) -> None:
         if self.down_completions or self.down_errors:
-            self.problem(f"downstream got {signal} after a terminal signal (Rule 1.7)")
+            self.problem(
+                f"downstream got {signal} after a terminal signal (Rule 1.7)", _FIX_AFTER_TERMINAL
+            )
         elif self.cancel_returned and not self.spec.asynchronous:
-            self.problem(f"downstream got {signal} after cancel() returned (Rules 1.8, 3.12)")
+            self.problem(
+                f"downstream got {signal} after cancel() returned (Rules 1.8, 3.12)",
+                _FIX_AFTER_CANCEL,
+            )
 
     def down_on_next(self, item: R) -> None:
         with self.lock:
@@ -380,7 +549,8 @@ class _Run(Generic[T, R]):
             if len(self.down_items) > self.down_requested:
                 self.problem(
                     f"downstream got item #{len(self.down_items)} but requested only "
-                    f"{self.down_requested} (Rule 1.1)"
+                    f"{self.down_requested} (Rule 1.1)",
+                    _FIX_OVER_DELIVERY,
                 )
 
     def down_on_error(self, error: Exception) -> None:
@@ -420,7 +590,7 @@ class _Run(Generic[T, R]):
         self.settle()
         with self.lock:
             if self.down_subscription is None:
-                self.problem("downstream never got on_subscribe (Rule 1.9)")
+                self.problem("downstream never got on_subscribe (Rule 1.9)", _FIX_SUBSCRIBE)
 
     def apply(self, step: Step) -> None:
         subscription = self.down_subscription
@@ -434,7 +604,10 @@ class _Run(Generic[T, R]):
             try:
                 subscription.request(step.n)
             except Exception as error:
-                self.problem(f"request({_n(step.n)}) raised {error!r} (Rule 3.16)")
+                self.problem(
+                    f"request({_n(step.n)}) raised {error!r} (Rule 3.16)",
+                    "request() returns normally: signal problems through on_error (Rule 3.16)",
+                )
         elif isinstance(step, Cancel):
             if subscription is None or self.cancel_returned:
                 return
@@ -442,7 +615,10 @@ class _Run(Generic[T, R]):
             try:
                 subscription.cancel()
             except Exception as error:
-                self.problem(f"cancel() raised {error!r} (Rule 3.15)")
+                self.problem(
+                    f"cancel() raised {error!r} (Rule 3.15)",
+                    "cancel() returns normally: catch what cleaning up raises (Rule 3.15)",
+                )
             with self.lock:
                 self.cancel_returned = True
         elif isinstance(step, Emit):
@@ -479,7 +655,7 @@ class _Run(Generic[T, R]):
                 and not self.up_terminated
                 and not down_done
             ):
-                self.problem("downstream cancel() did not reach upstream (Rule 3.12)")
+                self.problem("downstream cancel() did not reach upstream (Rule 3.12)", _FIX_CANCEL)
             if (
                 self.up_subscriber is not None
                 and not self.up_cancelled
@@ -493,46 +669,139 @@ class _Run(Generic[T, R]):
                     self.problem(
                         f"upstream demand outstanding is {_n(outstanding)} but the declared "
                         f"bound ({spec.bound_text()}) allows {_n(limit)} with "
-                        f"{_n(self.down_outstanding())} outstanding downstream"
+                        f"{_n(self.down_outstanding())} outstanding downstream",
+                        _FIX_BOUND,
                     )
             self.check_items(final=False)
+            if self.problems:
+                return
+        self.check_stall()
+
+    def expected(self) -> list[object]:
+        """``model(items emitted so far)``; identity without a model."""
+        emitted = list(self.up_emitted)
+        return list(self.spec.model(emitted)) if self.spec.model is not None else list(emitted)
+
+    def held(self) -> int:
+        """How many outputs the operator owes downstream: expected - delivered - dropped.
+
+        For ``buffer(3)`` with two items received and nothing delivered this is 1 (the
+        partial batch ``model`` ends with); for a filter that dropped what it received, 0.
+        """
+        owed = len(self.expected()) - len(self.down_items) - len(self.dropped)
+        return max(0, owed)
+
+    def stall(self) -> tuple[str, str] | None:
+        """Why downstream waits forever right now and the fix, or ``None`` if it need not.
+
+        A stall: downstream has demand outstanding and is neither ended nor cancelled,
+        upstream has not ended, the operator has no upstream demand outstanding (or never
+        subscribed, or cancelled upstream itself), and it holds nothing to deliver.
+        """
+        with self.lock:
+            if (
+                self.down_subscription is None
+                or self.cancel_returned
+                or self.down_completions
+                or self.down_errors
+                or self.up_terminated
+            ):
+                return None
+            waiting = self.down_outstanding()
+            if waiting <= 0:
+                return None
+            if self.up_subscriber is None:
+                upstream, fix = "the operator never subscribed upstream", _FIX_STALL_UNSUBSCRIBED
+            elif self.up_cancelled:
+                upstream = "the operator cancelled upstream without ending downstream"
+                fix = _FIX_STALL_CANCELLED
+            elif self.up_outstanding() > 0:
+                return None
+            else:
+                upstream, fix = "the operator has no outstanding upstream request", _FIX_STALL
+            if self.held() > 0:
+                return None
+            return (
+                f"stall: downstream waits for {_n(waiting)} more item(s), upstream has not "
+                f"ended, {upstream} and holds nothing",
+                fix,
+            )
+
+    def check_stall(self) -> None:
+        stall = self.stall()
+        if stall is None:
+            return
+        spec = self.spec
+        if spec.advance_time is not None:
+            # A virtual clock may be what the operator waits for (a timer that requests).
+            self.note("advance_time()")
+            spec.advance_time()
+            self.settle()
+            stall = self.stall()
+        if stall is not None and spec.asynchronous:
+            # Another thread may still be on its way to request upstream.
+            deadline = time.monotonic() + spec.stall_grace_ms / 1000
+            while stall is not None and time.monotonic() < deadline:
+                time.sleep(max(spec.settle_ms / 1000, 0.001))
+                stall = self.stall()
+        if stall is not None:
+            self.problem(*stall)
+
+    def let_time_pass(self) -> None:
+        """Final drain: advance the virtual clock until it moves nothing more (at most 100)."""
+        advance = self.spec.advance_time
+        if advance is None:
+            return
+        for _ in range(100):
+            with self.lock:
+                before = len(self.trace)
+                if self.down_completions or self.down_errors:
+                    return
+            self.note("advance_time()")
+            advance()
+            self.settle()
+            with self.lock:
+                if len(self.trace) == before + 1:
+                    return
 
     def check_items(self, *, final: bool) -> None:
         spec = self.spec
         if spec.model is None and spec.lossy_operator is None:
             return
-        emitted = list(self.up_emitted)
-        expected: list[object] = (
-            list(spec.model(emitted)) if spec.model is not None else list(emitted)
-        )
+        expected = self.expected()
         delivered: list[object] = list(self.down_items)
         if spec.lossy_operator is None:
             if delivered != expected[: len(delivered)]:
                 self.problem(
                     f"downstream got {delivered!r}, which is not a prefix of "
-                    f"model(upstream items) = {expected!r} (lost, duplicated or reordered)"
+                    f"model(upstream items) = {expected!r} (lost, duplicated or reordered)",
+                    _FIX_ITEMS,
                 )
             elif final and delivered != expected:
                 self.problem(
                     f"downstream got {delivered!r} then {self._terminal_text()}, "
-                    f"expected model(upstream items) = {expected!r}"
+                    f"expected model(upstream items) = {expected!r}",
+                    _FIX_COMPLETION,
                 )
             return
         gaps = _subsequence_gaps(delivered, expected)
         if gaps is None:
             self.problem(
                 f"downstream got {delivered!r}, which is not a subsequence of "
-                f"model(upstream items) = {expected!r}"
+                f"model(upstream items) = {expected!r}",
+                _FIX_ITEMS,
             )
         elif gaps > len(self.dropped):
             self.problem(
                 f"{gaps} item(s) missing from {delivered!r} (expected from {expected!r}) but "
-                f"only {len(self.dropped)} reported through on_dropped"
+                f"only {len(self.dropped)} reported through on_dropped",
+                _FIX_DROPS,
             )
         elif final and len(delivered) + len(self.dropped) != len(expected):
             self.problem(
                 f"{len(delivered)} delivered + {len(self.dropped)} dropped != "
-                f"{len(expected)} expected ({expected!r})"
+                f"{len(expected)} expected ({expected!r})",
+                _FIX_DROPS if len(delivered) + len(self.dropped) < len(expected) else _FIX_ITEMS,
             )
 
     def _terminal_text(self) -> str:
@@ -550,24 +819,34 @@ class _Run(Generic[T, R]):
             self.apply(Request(UNBOUNDED))
             self.up_finish(None)
             self.settle()
+            self.let_time_pass()
         with self.lock:
             if self.cancel_returned:
                 return
             up_error = self.up_error
             terminals = self.down_completions + len(self.down_errors)
             if terminals > 1:
-                self.problem(f"downstream got {terminals} terminal signals (Rule 1.7)")
+                self.problem(
+                    f"downstream got {terminals} terminal signals (Rule 1.7)", _FIX_AFTER_TERMINAL
+                )
             if up_error is not None:
                 if self.spec.propagates_errors and self.down_errors[:1] != [up_error]:
                     self.problem(
                         f"the upstream error did not reach downstream exactly once "
-                        f"(downstream got {self._terminal_text()})"
+                        f"(downstream got {self._terminal_text()})",
+                        _FIX_ERROR,
                     )
             elif self.up_terminated:
                 if terminals == 0:
-                    self.problem("upstream completed but downstream got no terminal signal")
+                    self.problem(
+                        "upstream completed but downstream got no terminal signal",
+                        _FIX_COMPLETION,
+                    )
                 elif self.down_errors:
-                    self.problem(f"upstream completed but downstream got {self._terminal_text()}")
+                    self.problem(
+                        f"upstream completed but downstream got {self._terminal_text()}",
+                        _FIX_COMPLETION,
+                    )
                 else:
                     self.check_items(final=True)
 
@@ -620,7 +899,7 @@ class _Downstream(Generic[R]):
 
     def on_next(self, item: R) -> None:
         if item is None:
-            self._run.problem("downstream got on_next(None) (Rule 2.13)")
+            self._run.problem("downstream got on_next(None) (Rule 2.13)", _FIX_NONE)
             raise TypeError("on_next(None)")
         self._run.down_on_next(item)
 
@@ -653,6 +932,12 @@ class DemandVerification(Generic[T, R]):
         asynchronous: ``True`` for operators that signal on another thread; set
             ``settle_ms`` too, so each step waits until nothing moves for that long.
         settle_ms: Quiet time that ends a step (asynchronous operators).
+        advance_time: For an operator on a virtual clock (a pacer, a delay): lets its
+            pending timers fire, e.g. ``lambda: vts.advance_by(1.0)``. Called once before the
+            checker reports a stall (it stands only if nothing changed), and in the final
+            drain until it moves nothing more.
+        stall_grace_ms: How long an asynchronous operator may take to request upstream
+            before a stall is reported.
         max_examples: Hypothesis examples per ``run()``.
         max_steps: Longest schedule.
         name: Shown in failures and as the pytest id.
@@ -666,6 +951,8 @@ class DemandVerification(Generic[T, R]):
     propagates_errors: bool = True
     asynchronous: bool = False
     settle_ms: float = 0.0
+    advance_time: Callable[[], object] | None = None
+    stall_grace_ms: float = 200.0
     max_examples: int = 100
     max_steps: int = 30
     name: str = ""
@@ -705,7 +992,17 @@ class DemandVerification(Generic[T, R]):
         return getattr(bound, "__qualname__", repr(bound))
 
     def check_schedule(self, steps: Sequence[Step]) -> None:
-        """Play one schedule; raise ``DemandViolation`` on the first problem."""
+        """Play one schedule; raise ``DemandViolation`` on the first problem.
+
+        Needs no Hypothesis: use it to pin a schedule in a regression test.
+
+        Args:
+            steps: The schedule, e.g. ``[Request(1), Emit(1), Complete()]``.
+
+        Raises:
+            DemandViolation: naming the step after which the first problem showed, with
+                the trace and a line saying how to fix it.
+        """
         run: _Run[T, R] = _Run(self, steps)
         run.start()
         run.fail_if_problems()
@@ -719,9 +1016,12 @@ class DemandVerification(Generic[T, R]):
         self._checked += 1
 
     def smoke_schedules(self) -> list[list[Step]]:
-        """Schedules always played before the random ones: each ending, long and short."""
+        """Schedules always played after the random ones: each ending, long and short."""
         items: list[object] = list(range(7))
         if self.elements is not None:
+            _require_hypothesis("DemandVerification(elements=...)")
+            from hypothesis import find, settings
+
             items = [find(self.elements, lambda _: True, settings=settings(database=None))] * 7
         emits: list[Step] = [Emit(item) for item in items]
         return [
@@ -735,17 +1035,26 @@ class DemandVerification(Generic[T, R]):
 
     def strategy(self) -> st.SearchStrategy[list[Step]]:
         """The Hypothesis strategy of schedules this verification plays."""
+        _require_hypothesis("DemandVerification.strategy()")
+        from hypothesis import strategies as hs
+
         elements: st.SearchStrategy[object] = (
-            self.elements if self.elements is not None else st.integers(0, 99)
+            self.elements if self.elements is not None else hs.integers(0, 99)
         )
         return schedules(elements, self.max_steps)
 
     def run(self) -> None:
         """Play ``max_examples`` random schedules, then ``smoke_schedules()``.
 
+        When a random schedule fails, Hypothesis shrinks it; the shrunk schedule is then
+        replayed once more and that run is reported, so the trace is the minimal one.
+
         Raises:
             DemandViolation: with the shrunk schedule (or the smoke schedule that failed).
+            ModuleNotFoundError: Hypothesis is not installed (the ``tck`` extra).
         """
+        _require_hypothesis("DemandVerification.run()")
+        from hypothesis import HealthCheck, given, settings
 
         @settings(
             max_examples=self.max_examples,
@@ -758,10 +1067,28 @@ class DemandVerification(Generic[T, R]):
         def demand_schedule(schedule: list[Step]) -> None:
             self.check_schedule(schedule)
 
-        demand_schedule()
+        try:
+            demand_schedule()
+        except DemandViolation as shrunk:
+            raise self._replayed(shrunk) from None
         # Then a fixed set covering every ending, so a rare path is never left to chance.
         for schedule in self.smoke_schedules():
             self.check_schedule(schedule)
+
+    def _replayed(self, shrunk: DemandViolation) -> DemandViolation:
+        """Play the shrunk schedule once more, outside Hypothesis, and report that run."""
+        try:
+            self.check_schedule(shrunk.schedule)
+        except DemandViolation as replayed:
+            return replayed
+        report, _, fix_line = str(shrunk).rpartition("\n  how to fix: ")
+        return DemandViolation(
+            f"{report}\n  note: replaying this schedule once more passed, so the failure "
+            "depends on timing (an asynchronous operator: raise settle_ms)\n"
+            f"  how to fix: {fix_line}",
+            schedule=shrunk.schedule,
+            fix=shrunk.fix,
+        )
 
 
 def verify_operator_demand(

@@ -13,6 +13,10 @@ A check is a method of a verification class whose name starts with its kind:
 After the kind comes ``specXYY_`` naming the rule (``spec309`` is Rule 3.9, ``spec317`` is
 Rule 3.17), then a description. The id of a check is its method name; the CLI, the pytest
 plugin and the JSON report all use it.
+
+Every rule also has one line saying how to fix a failure of it (``how_to_fix``). A failed
+``RuleResult`` ends its message with that line, so each report (pytest, the CLI, JSON,
+``format_results``) tells the reader what to change, not only what went wrong.
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 __all__ = [
+    "FIX_PREFIX",
+    "RULE_FIXES",
     "RULE_TEXTS",
+    "SELF_CHECK_FIXES",
     "CheckKind",
     "RuleCase",
     "RuleResult",
     "Status",
+    "failed_rule",
+    "how_to_fix",
     "parse_case",
 ]
 
@@ -85,6 +94,148 @@ RULE_TEXTS: Final[dict[str, str]] = {
     "4.2": "A processor either recovers from on_error or passes it on to its subscribers.",
 }
 
+RULE_FIXES: Final[dict[str, str]] = {
+    "1.1": "count demand per subscription and stop emitting at zero",
+    "1.2": "when the source runs dry, signal on_complete (or on_error) even with demand left",
+    "1.3": (
+        "serialize the signals to one subscriber: emit from one drain loop guarded by a "
+        "work-in-progress counter or a lock, never from two threads at once"
+    ),
+    "1.4": (
+        "report a failure of the source as on_error after on_subscribe, never as an "
+        "exception out of subscribe() or request()"
+    ),
+    "1.5": "call on_complete after the last item of a finite stream, even if nothing is requested",
+    "1.6": "after on_error or on_complete, mark the subscription cancelled and drop the subscriber",
+    "1.7": "record the terminal signal once and check it before every signal: nothing follows it",
+    "1.8": "check a cancelled flag before every signal and stop once cancel() was called",
+    "1.9": (
+        "call on_subscribe first and exactly once, before any other signal; raise TypeError "
+        "for subscribe(None); report a refusal as on_error after on_subscribe"
+    ),
+    "1.10": "keep per-subscriber state in the subscription, not the publisher",
+    "1.11": (
+        "give every subscriber its own subscription and demand, and send all of them the same "
+        "items in the same order"
+    ),
+    "2.1": "call subscription.request(n) (in on_subscribe or later) to receive items",
+    "2.2": "hand slow work to another thread or a queue instead of blocking in on_next",
+    "2.3": "only record the ending in on_complete/on_error: call neither request() nor cancel()",
+    "2.4": "after on_complete/on_error treat the subscription as cancelled and drop it",
+    "2.5": "in on_subscribe, cancel the new subscription when one is already active",
+    "2.6": "call cancel() on a subscription that is no longer needed",
+    "2.7": "serialize calls to request() and cancel(): one thread at a time (a lock or a queue)",
+    "2.8": "after cancel(), accept and ignore further on_next calls without raising",
+    "2.9": "accept on_complete at any time, also before any request() and with no items",
+    "2.10": "accept on_error at any time, also before any request()",
+    "2.11": "hand what a signal method received to another thread through a queue or a lock",
+    "2.12": "never call on_subscribe twice on one subscriber: refuse a second subscribe() of it",
+    "2.13": (
+        "never signal None; in signal methods raise TypeError for a None argument and "
+        "otherwise return normally (report failures by cancelling, not by raising)"
+    ),
+    "3.1": "let only the subscriber that owns a subscription call its request() and cancel()",
+    "3.2": (
+        "let request() be called from on_next and on_subscribe: add the demand and let the "
+        "running drain loop emit"
+    ),
+    "3.3": (
+        "when request() arrives while already emitting, add the demand and return; the "
+        "running loop picks it up (a trampolined drain loop)"
+    ),
+    "3.4": "keep request() cheap: add the demand and schedule work, compute nothing heavy",
+    "3.5": "keep cancel() cheap, idempotent and thread-safe: set a flag atomically",
+    "3.6": "check the cancelled flag first in request(): after cancel() it adds no demand",
+    "3.7": "check the cancelled flag first in cancel(): a second cancel() does nothing",
+    "3.8": "add every request(n) to the outstanding demand and deliver up to that many items",
+    "3.9": (
+        "for request(n <= 0) signal on_error with a ValueError citing Rule 3.9; never raise "
+        "it to the caller"
+    ),
+    "3.10": "allow on_next to be signalled synchronously from inside request()",
+    "3.11": "allow on_complete/on_error to be signalled synchronously from inside request()",
+    "3.12": "on cancel() set a flag the emitting loop checks before every signal, then stop",
+    "3.13": (
+        "on cancel() drop every reference to the subscriber (clear the field, remove it "
+        "from lists and callbacks)"
+    ),
+    "3.14": "release a stateful publisher's resources only when its last subscription is cancelled",
+    "3.15": "return normally from cancel(): catch what cleaning up raises",
+    "3.16": "return normally from request(): report problems through on_error",
+    "3.17": (
+        "add demand with saturation at 2**63 - 1 (add_cap) and treat that as unbounded; "
+        "never fail on large demand"
+    ),
+    "4.1": (
+        "request upstream whenever downstream demand arrives, even long after subscribing, "
+        "and obey the publisher and subscriber rules on both sides"
+    ),
+    "4.2": "pass an upstream on_error on to every subscriber at once, or recover from it",
+}
+"""How to fix a failure of each rule, in one line (the last line of a failed result)."""
+
+SELF_CHECK_FIXES: Final[dict[str, str]] = {
+    "required_create_publisher": (
+        "make create_publisher(n) return a publisher of exactly n items followed by on_complete"
+    ),
+    "required_validate_max_elements_from_publisher": (
+        "return an int >= 0 from max_elements_from_publisher() (2**63 - 1: never completes)"
+    ),
+    "required_validate_bounded_depth_of_on_next_and_request_recursion": (
+        "return an int >= 1 from bounded_depth_of_on_next_and_request_recursion()"
+    ),
+    "required_exercise_whitebox_happy_path": (
+        "from the subscriber call probe.register_on_subscribe(puppet) in on_subscribe and "
+        "register_on_next/_on_error/_on_complete in the signals; honour the puppet's calls"
+    ),
+}
+"""How to fix the checks of the kit's own factories and knobs (no rule), by id prefix."""
+
+FIX_PREFIX: Final = "how to fix"
+_GENERIC_FIX: Final = "compare the factories and knobs with their docstrings and the message above"
+
+_CITED_RULE: Final = re.compile(r"\bRules? (\d\.\d+)")
+
+
+def how_to_fix(rule: str | None, check_id: str = "") -> str:
+    """One line saying how to fix a failure.
+
+    Args:
+        rule: The rule that failed (``"1.1"``), or ``None`` for a self-check.
+        check_id: The check's id, used when ``rule`` is ``None`` or unknown.
+
+    Returns:
+        The fix; a generic hint for a self-check without a listed fix.
+    """
+    if rule is not None and rule in RULE_FIXES:
+        return RULE_FIXES[rule]
+    for prefix, fix in SELF_CHECK_FIXES.items():
+        if check_id.startswith(prefix):
+            return fix
+    return _GENERIC_FIX
+
+
+def failed_rule(message: str, rule: str | None) -> str | None:
+    """The rule a failure message is about.
+
+    A check may fail on another rule than its own: a publisher that over-delivers fails the
+    Rule 3.17 checks with "Rule 1.1: ...". The check's own rule wins when the message's
+    first line cites it or cites none; otherwise the first rule that line cites.
+
+    Args:
+        message: The failure message.
+        rule: The failed check's own rule, if any.
+
+    Returns:
+        The rule number, or ``None`` for a self-check whose message cites no rule.
+    """
+    first = message.partition("\n")[0]
+    cited = _CITED_RULE.findall(first)
+    if rule is not None and (rule in cited or not cited):
+        return rule
+    return cited[0] if cited else rule
+
+
 _CASE_NAME: Final = re.compile(r"^(required|optional|stochastic|untested)_(?:spec(\d)(\d\d)_)?")
 
 
@@ -130,6 +281,9 @@ def parse_case(name: str) -> RuleCase | None:
 class RuleResult:
     """The outcome of one check.
 
+    A failed result's message ends with one ``how to fix ...`` line, added on creation
+    unless the message has one already, so every report shows it.
+
     Attributes:
         id: The check's id.
         kind: The check's kind.
@@ -146,6 +300,31 @@ class RuleResult:
     message: str
     duration_s: float
 
+    def __post_init__(self) -> None:
+        """End a failure's message with its fix line."""
+        if self.status != "failed":
+            return
+        lines = self.message.splitlines()
+        if any(line.startswith(FIX_PREFIX) for line in lines):
+            return
+        object.__setattr__(self, "message", "\n".join([*lines, self.fix_line]))
+
+    @property
+    def fix(self) -> str:
+        """How to fix this failure, in one line (empty unless it failed)."""
+        if self.status != "failed":
+            return ""
+        return how_to_fix(failed_rule(self.message, self.rule), self.id)
+
+    @property
+    def fix_line(self) -> str:
+        """The line a failed message ends with: ``how to fix (Rule 1.1): ...``."""
+        if self.status != "failed":
+            return ""
+        rule = failed_rule(self.message, self.rule)
+        where = f" (Rule {rule})" if rule in RULE_FIXES else ""
+        return f"{FIX_PREFIX}{where}: {self.fix}"
+
     def to_json(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
         return {
@@ -154,5 +333,6 @@ class RuleResult:
             "rule": self.rule,
             "status": self.status,
             "message": self.message,
+            "fix": self.fix,
             "duration_s": round(self.duration_s, 4),
         }

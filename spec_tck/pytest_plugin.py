@@ -6,12 +6,15 @@ matches ``python_classes`` (``Test*``) and that subclasses a concrete verificati
 ``TestRange::test_required_spec309_request_zero_must_signal_value_error``:
 
 * a failed required (or stochastic) check FAILS with the rule, what was expected, what
-  happened and the signal log;
+  happened, the signal log and, last, one line saying how to fix it;
 * a failed optional check, or one that does not apply, is SKIPPED with the reason;
 * an untested rule is SKIPPED with the rule's text.
 
 Other classes and functions are left to pytest's own collection. Only this module imports
-pytest; the checks themselves do not.
+pytest; the checks themselves do not. The entry point is registered whatever extras are
+installed, so loading this plugin imports nothing from the ``tck`` extra: with
+``pip install reactive-bp pytest`` any pytest run still works (Hypothesis is imported only
+when a ``DemandVerification`` generates schedules).
 """
 
 from __future__ import annotations

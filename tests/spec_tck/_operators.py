@@ -2,11 +2,14 @@
 
 Each operator is a publisher wrapping an upstream publisher; its subscriber object sits
 between upstream and downstream and doubles as the downstream's subscription. They are
-synchronous (every signal on the caller's thread) and single-subscriber.
+single-subscriber and synchronous (every signal on the caller's thread), except
+``LateReplenishFilterLink``, which requests from a timer thread; the time-driven ones run on a
+``ManualClock``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -260,3 +263,127 @@ class SilentDropLink(DropLink):
     def on_next(self, item: Any) -> None:
         if self.demand > 0:
             super().on_next(item)
+
+
+class NoReplenishFilterLink(FilterLink):
+    """A filter that forgets to give back the demand of an item it drops.
+
+    Downstream asked for one item, upstream sent one that was dropped, and nobody asks for
+    another: downstream waits forever (a stall), though nothing is lost or over-delivered.
+    """
+
+    def on_next(self, item: Any) -> None:
+        if not self.done and self.predicate(item):
+            self.downstream.on_next(item)
+
+
+class SelfCancellingLink(Link):
+    """Cancels upstream after two items and never tells downstream: another stall."""
+
+    def __init__(self, downstream: Any) -> None:
+        super().__init__(downstream)
+        self.seen = 0
+
+    def on_next(self, item: Any) -> None:
+        super().on_next(item)
+        self.seen += 1
+        if self.seen == 2:
+            self.upstream.cancel()
+
+
+# -- time-driven operators (a manual clock stands in for a virtual-time scheduler) ------------
+
+
+class ManualClock:
+    """A virtual clock: ``call_later`` queues an action, ``advance()`` runs what is due."""
+
+    def __init__(self) -> None:
+        self.timers: list[Callable[[], None]] = []
+
+    def call_later(self, action: Callable[[], None]) -> None:
+        self.timers.append(action)
+
+    def advance(self) -> None:
+        timers, self.timers = self.timers, []
+        for action in timers:
+            action()
+
+
+class PacedLink(Link):
+    """A pacer: requests one item upstream per clock tick while downstream has demand.
+
+    Between a downstream request and the next tick it has no upstream demand and holds
+    nothing, which is not a stall: time has to pass.
+    """
+
+    def __init__(self, downstream: Any, clock: ManualClock) -> None:
+        super().__init__(downstream)
+        self.clock = clock
+        self.demand = 0
+        self.ticking = False
+        self.asked = False
+
+    def request(self, n: int) -> None:
+        self.demand = _cap(self.demand + n)
+        self.tick_later()
+
+    def tick_later(self) -> None:
+        if not (self.ticking or self.asked or self.done) and self.demand > 0:
+            self.ticking = True
+            self.clock.call_later(self.tick)
+
+    def tick(self) -> None:
+        self.ticking = False
+        if not self.done and self.demand > 0:
+            self.asked = True
+            self.upstream.request(1)
+
+    def on_next(self, item: Any) -> None:
+        if self.done:
+            return
+        self.asked = False
+        self.demand -= 0 if self.demand == MAX else 1
+        self.downstream.on_next(item)
+        self.tick_later()
+
+
+class HoldUntilTickLink(Link):
+    """A delay: holds every item, and the completion, until the next clock tick."""
+
+    def __init__(self, downstream: Any, clock: ManualClock) -> None:
+        super().__init__(downstream)
+        self.clock = clock
+        self.held: list[Any] = []
+        self.completed = False
+
+    def on_next(self, item: Any) -> None:
+        if not self.done:
+            self.held.append(item)
+            self.clock.call_later(self.release)
+
+    def on_complete(self) -> None:
+        self.completed = True
+        self.clock.call_later(self.release)
+
+    def release(self) -> None:
+        if self.done:
+            return
+        while self.held:
+            self.downstream.on_next(self.held.pop(0))
+        if self.completed:
+            self.done = True
+            self.downstream.on_complete()
+
+
+class LateReplenishFilterLink(FilterLink):
+    """A filter that gives a dropped item's demand back from another thread, later."""
+
+    delay_s = 0.3
+
+    def on_next(self, item: Any) -> None:
+        if self.done:
+            return
+        if self.predicate(item):
+            self.downstream.on_next(item)
+        else:
+            threading.Timer(self.delay_s, self.upstream.request, (1,)).start()

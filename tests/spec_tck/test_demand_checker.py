@@ -1,14 +1,16 @@
 """DemandVerification: correct operators pass random schedules; broken ones are caught with
-a readable, shrunk schedule."""
+a readable, shrunk schedule, a trace per step and a line saying how to fix them."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import strategies as st
 
+import spec_tck._demand_checker as demand_checker
 from reactive_bp.abc import Publisher
 from spec_tck import (
     SAME_AS_DOWNSTREAM,
@@ -38,6 +40,25 @@ def op(link: Callable[..., Any], *args: Any) -> Callable[[Publisher[Any]], Publi
 
 def batches(size: int) -> Callable[[list[int]], list[list[int]]]:
     return lambda xs: [xs[i : i + size] for i in range(0, len(xs), size)]
+
+
+def evens(xs: list[int]) -> list[int]:
+    return [x for x in xs if x % 2 == 0]
+
+
+def is_even(x: int) -> bool:
+    return x % 2 == 0
+
+
+def clocked(link: Callable[..., Any]) -> tuple[Callable[[Publisher[Any]], Publisher[Any]], Any]:
+    """An operator on a fresh ``ManualClock`` per run, and ``advance_time`` for the latest."""
+    clocks: list[ops.ManualClock] = []
+
+    def build(upstream: Publisher[Any]) -> Publisher[Any]:
+        clocks.append(ops.ManualClock())
+        return ops.Operator(upstream, lambda down: link(down, clocks[-1]))
+
+    return build, lambda: clocks[-1].advance()
 
 
 def drop_operator(link: Callable[..., Any]) -> Any:
@@ -134,6 +155,26 @@ BROKEN: list[tuple[DemandVerification[Any, Any], str]] = [
         ),
         r"only 0 reported through on_dropped|0 dropped != ",
     ),
+    (
+        DemandVerification(
+            name="filter without replenish",
+            operator=op(ops.NoReplenishFilterLink, is_even),
+            model=evens,
+        ),
+        r"stall: downstream waits for \d+ more item\(s\), upstream has not ended, the operator "
+        r"has no outstanding upstream request and holds nothing \(after step \d+: emit\(",
+    ),
+    (
+        DemandVerification(
+            name="cancels upstream silently", operator=op(ops.SelfCancellingLink), model=list
+        ),
+        r"stall: .* the operator cancelled upstream without ending downstream and holds nothing",
+    ),
+    (
+        DemandVerification(name="pacer on a frozen clock", operator=clocked(ops.PacedLink)[0]),
+        r"stall: .* no outstanding upstream request and holds nothing \(after step \d+: "
+        r"request\(",
+    ),
 ]
 
 
@@ -142,27 +183,159 @@ def test_broken_operators_are_caught(case: DemandVerification[Any, Any], problem
     with pytest.raises(DemandViolation, match=problem) as caught:
         case.run()
     message = str(caught.value)
-    assert "schedule: [" in message
-    assert "trace: " in message
+    assert "\n  schedule: [" in message
+    assert re.search(
+        r"\n  trace:\n    subscribe: up\.subscribe; down\.on_subscribe.*\n    step 1 ", message
+    )
+    *_, last = message.splitlines()
+    assert last == f"  how to fix: {caught.value.fix}"
+    assert caught.value.fix
+    # The schedule reported is the one the failure replays with.
+    with pytest.raises(DemandViolation) as replayed:
+        case.check_schedule(caught.value.schedule)
+    assert str(replayed.value) == message
+
+
+def test_a_stall_after_cancelling_upstream_says_to_end_downstream() -> None:
+    case = DemandVerification(operator=op(ops.SelfCancellingLink), model=list)
+    with pytest.raises(DemandViolation, match=r"\(after step 3: emit\(2\)\)") as caught:
+        case.check_schedule([Request(3), Emit(1), Emit(2)])
+    assert caught.value.fix.startswith("after cancelling upstream, end downstream too")
 
 
 def test_a_failure_prints_the_schedule_readably() -> None:
     case = DemandVerification(name="off-by-one", operator=op(ops.OffByOneLink))
     with pytest.raises(DemandViolation) as caught:
-        case.check_schedule([Request(2), Emit(7), Request(1), Cancel()])
-    message = str(caught.value)
-    assert (
-        "off-by-one: the operator called request(0) upstream (Rule 3.9) (after step 3)" in message
-    )
-    assert "schedule: [request(2), emit(7), request(1), cancel()]" in message
-    assert "down.request(1); up.request(0)" in message
+        case.check_schedule([Emit(7), Request(1), Cancel()])
+    assert str(caught.value).splitlines() == [
+        "off-by-one: the operator called request(0) upstream (Rule 3.9) (after step 2: request(1))",
+        "  schedule: [emit(7), request(1), cancel()]",
+        "  trace:",
+        "    subscribe: up.subscribe; down.on_subscribe",
+        "    step 1 emit(7): (emit(7) skipped: no upstream demand)",
+        "    step 2 request(1): down.request(1); up.request(0); !! the operator called "
+        "request(0) upstream (Rule 3.9)",
+        "    step 3 cancel(): -",
+        "  how to fix: never call request(n) upstream with n <= 0: skip the call when there is "
+        "nothing to ask for (Rule 3.9)",
+    ]
 
 
-def test_shrinking_finds_a_minimal_schedule() -> None:
+def test_an_under_requesting_operator_stalls() -> None:
+    """request(2) became request(1) upstream: after one item downstream waits forever."""
     case = DemandVerification(name="off-by-one", operator=op(ops.OffByOneLink))
+    with pytest.raises(DemandViolation, match=r"^off-by-one: stall: .*\(after step 2: emit\(7\)\)"):
+        case.check_schedule([Request(2), Emit(7), Request(1), Cancel()])
+
+
+def test_a_stall_is_reported_at_the_step_that_left_downstream_waiting() -> None:
+    """The issue's example: a swallowed item with no replacement requested used to pass."""
+    case = DemandVerification(
+        name="filter without replenish",
+        operator=op(ops.NoReplenishFilterLink, is_even),
+        model=evens,
+    )
+    with pytest.raises(DemandViolation) as caught:
+        case.check_schedule([Request(1), Emit(1)])
+    lines = str(caught.value).splitlines()
+    assert lines[0] == (
+        "filter without replenish: stall: downstream waits for 1 more item(s), upstream has "
+        "not ended, the operator has no outstanding upstream request and holds nothing "
+        "(after step 2: emit(1))"
+    )
+    assert "    step 2 emit(1): up.on_next(1); !! stall: downstream waits for 1 more" in lines[5]
+    assert lines[-1].startswith("  how to fix: request a replacement upstream for every item")
+    # The correct filter gives the demand back, so the same schedule passes.
+    DemandVerification(operator=op(ops.FilterLink, is_even), model=evens).check_schedule(
+        [Request(1), Emit(1)]
+    )
+
+
+def test_held_items_are_not_a_stall() -> None:
+    """No upstream demand and downstream waiting is fine while the operator holds output."""
+    build, _ = clocked(ops.HoldUntilTickLink)
+    DemandVerification(operator=build, model=list).check_schedule(
+        [Request(2), Emit(1), Emit(2), Cancel()]
+    )
+    # buffer(3): a partial batch is held output (model([1, 2]) == [[1, 2]]).
+    DemandVerification(
+        operator=op(ops.BufferLink, 3), upstream_bound=per_output(3), model=batches(3)
+    ).check_schedule([Request(1), Emit(1), Emit(2), Cancel()])
+
+
+def test_a_time_driven_operator_declares_advance_time() -> None:
+    build, advance = clocked(ops.PacedLink)
+    DemandVerification(
+        name="pacer", operator=build, model=list, advance_time=advance, max_examples=40
+    ).run()
+    with pytest.raises(DemandViolation, match=r"stall: .*\(after step 1: request\(1\)\)"):
+        DemandVerification(operator=build, model=list).check_schedule([Request(1)])
+
+
+def test_the_final_drain_lets_time_pass() -> None:
+    build, advance = clocked(ops.HoldUntilTickLink)
+    DemandVerification(
+        name="delay", operator=build, model=list, advance_time=advance, max_examples=40
+    ).run()
+    with pytest.raises(DemandViolation, match="upstream completed but downstream got no terminal"):
+        DemandVerification(operator=build, model=list).check_schedule([Request(1), Emit(1)])
+
+
+def test_an_asynchronous_operator_gets_a_grace_period_before_a_stall() -> None:
+    """The replacement is requested 0.3 s later from a timer thread."""
+    filtered = op(ops.LateReplenishFilterLink, is_even)
+    slow = DemandVerification(
+        operator=filtered, model=evens, asynchronous=True, settle_ms=2, stall_grace_ms=5000
+    )
+    slow.check_schedule([Request(1), Emit(1), Emit(2), Cancel()])
+    impatient = DemandVerification(
+        operator=filtered, model=evens, asynchronous=True, settle_ms=2, stall_grace_ms=0
+    )
+    with pytest.raises(DemandViolation, match=r"stall: .*\(after step 2: emit\(1\)\)"):
+        impatient.check_schedule([Request(1), Emit(1), Emit(2), Cancel()])
+
+
+def test_run_shrinks_then_replays_the_shrunk_schedule_once_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    case = DemandVerification(name="off-by-one", operator=op(ops.OffByOneLink))
+    played: list[list[Any]] = []
+    check = case.check_schedule
+
+    def recording(steps: Any) -> None:
+        played.append(list(steps))
+        check(steps)
+
+    monkeypatch.setattr(case, "check_schedule", recording)
     with pytest.raises(DemandViolation) as caught:
         case.run()
     assert "schedule: [request(1)]" in str(caught.value)
+    assert played[-1] == caught.value.schedule == played[-2] == [Request(1)]
+    assert "Falsifying example" not in str(caught.value)
+
+
+def test_a_failure_that_does_not_replay_says_so() -> None:
+    case = DemandVerification(name="map", operator=op(ops.Link), model=list)
+    shrunk = DemandViolation(
+        "map: something (after step 1: request(1))\n  schedule: [request(1)]\n  how to fix: x",
+        schedule=[Request(1)],
+        fix="x",
+    )
+    message = str(case._replayed(shrunk))
+    assert "note: replaying this schedule once more passed" in message
+    assert message.endswith("\n  how to fix: x")
+
+
+def test_without_hypothesis_run_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demand_checker, "_hypothesis_installed", lambda: False)
+    case = DemandVerification(name="map", operator=op(ops.Link), model=list)
+    with pytest.raises(ModuleNotFoundError) as caught:
+        case.run()
+    assert str(caught.value) == (
+        "spec_tck: DemandVerification.run() generates schedules with Hypothesis, which is not "
+        "installed: pip install 'reactive-bp[tck]'"
+    )
+    case.check_schedule([Request(1), Emit(1), Complete()])  # replaying needs no Hypothesis
 
 
 def test_step_reprs() -> None:
