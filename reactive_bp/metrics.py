@@ -1,9 +1,11 @@
 """Observability for strategy operators: ``BackpressureMeter`` and a Prometheus exporter.
 
 Every lossy or buffering operator (``on_backpressure_*``, ``sample*``,
-``throttle*``, ``debounce``, ``buffer_timeout``) keeps a ``BufferStats`` per
-subscription: produced, delivered, dropped (in total and by reason), current
-and peak depth, and the time spent backpressured. The counters are plain
+``throttle*``, ``debounce``, ``buffer_timeout``) and every push source
+(``SourceQueue(meter=...)``; a ``Flow.create`` producer can ``meter.attach(
+emitter.stats)``) keeps a ``BufferStats`` per subscription: produced,
+delivered, dropped (in total and by reason), refused (offers answered
+``FULL``), current and peak depth, and the time spent backpressured. The counters are plain
 attributes written by the operator and read by anyone, so reading them costs
 the hot path nothing (no lock is taken; a reader may see one counter a step
 ahead of another while items are moving).
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BackpressureMeter", "PrometheusCollector", "register_prometheus"]
 
-_COUNTERS = ("produced", "delivered", "dropped", "backpressured_seconds")
+_COUNTERS = ("produced", "delivered", "dropped", "refused", "backpressured_seconds")
 
 
 class BackpressureMeter:
@@ -118,6 +120,7 @@ def _zero() -> dict[str, object]:
         "delivered": 0,
         "dropped": 0,
         "dropped_by_reason": {},
+        "refused": 0,
         "depth": 0,
         "peak_depth": 0,
         "backpressured_seconds": 0.0,
@@ -153,6 +156,8 @@ class PrometheusCollector:
 
     * ``<namespace>_produced_total``, ``_delivered_total`` (counters)
     * ``<namespace>_dropped_total{reason=...}`` (counter, one series per reason)
+    * ``<namespace>_refused_total`` (counter: offers answered ``FULL``, the
+      producer kept the item)
     * ``<namespace>_backpressured_seconds_total`` (counter)
     * ``<namespace>_queue_depth`` and ``_queue_peak_depth`` (gauges)
     """
@@ -178,6 +183,11 @@ class PrometheusCollector:
         dropped = CounterMetricFamily(
             f"{ns}_dropped", "Items dropped, by reason", labels=["stream", "reason"]
         )
+        refused = CounterMetricFamily(
+            f"{ns}_refused",
+            "Offers refused because the buffer was full (the producer kept the item)",
+            labels=["stream"],
+        )
         pressured = CounterMetricFamily(
             f"{ns}_backpressured_seconds",
             "Time spent backpressured (buffer full or an item waiting for demand)",
@@ -190,6 +200,7 @@ class PrometheusCollector:
             label = [meter.name]
             produced.add_metric(label, _num(total["produced"]))
             delivered.add_metric(label, _num(total["delivered"]))
+            refused.add_metric(label, _num(total["refused"]))
             pressured.add_metric(label, _num(total["backpressured_seconds"]))
             depth.add_metric(label, _num(total["depth"]))
             peak.add_metric(label, _num(total["peak_depth"]))
@@ -197,7 +208,7 @@ class PrometheusCollector:
             assert isinstance(by_reason, dict)
             for reason, count in sorted(by_reason.items()):
                 dropped.add_metric([meter.name, reason], count)
-        yield from (produced, delivered, dropped, pressured, depth, peak)
+        yield from (produced, delivered, dropped, refused, pressured, depth, peak)
 
     def describe(self) -> list[Metric]:
         """No up-front description: families are built at scrape time."""

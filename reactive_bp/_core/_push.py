@@ -7,21 +7,42 @@ demand, through a serialized drain loop (Rule 1.3, Rule 3.3 depth 1). When
 the buffer is full, the ``OverflowStrategy`` decides, and every item that is
 dropped goes to ``on_dropped`` and is counted in ``stats``: nothing vanishes
 unaccounted (produced == delivered + dropped + queued, at every moment).
+
+How the rules hold:
+
+* Rule 1.3 (serial signals) and Rule 3.3 (bounded recursion): one thread at a
+  time owns the drain loop (``_draining``); a ``request``, ``offer`` or
+  terminal call that arrives meanwhile sets ``_missed`` and returns, and the
+  owner looks again before it lets go.
+* Rules 1.7, 3.6, 3.7: how the stream ends is one ``Terminal``. Every
+  transition of it is made under ``_lock``, and the drain loop reads
+  ``terminal.ending`` in the same critical section as the queue, so "ended
+  and nothing queued" is never decided before the ending's error is known.
+  Only the loop owner claims the ending and signals it, once.
+* Rule 3.9: a bad ``request`` is an eager failure: it drops (and counts) what
+  is queued and is delivered ahead of it.
+* Rule 3.13: on cancel or termination the buffer drops its subscriber.
+* A ``WAIT`` producer never waits on a thread that the subscriber needs in
+  order to make room (the drain thread, a request callback, the thread inside
+  ``subscribe()``, a thread running an event loop): it raises ``RuntimeError``
+  and the stream fails with it, after the buffered items.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._demand import UNBOUNDED, add_cap, check_request, produced
 from ._hooks import report_undeliverable
 from ._signals import signal_complete, signal_error
+from ._terminal import Terminal
 
 if TYPE_CHECKING:
     from ..abc import Subscriber
@@ -78,6 +99,8 @@ class BufferStats:
     """Counters of a buffer, readable at any time without locking the hot path.
 
     Invariant (under the buffer's lock): ``produced == delivered + dropped + depth``.
+    ``refused`` stands outside it: an offer answered ``FULL`` (the ``WAIT``
+    strategy) was never taken, the producer still holds the item.
     """
 
     __slots__ = (
@@ -90,6 +113,7 @@ class BufferStats:
         "dropped_by_reason",
         "peak_depth",
         "produced",
+        "refused",
     )
 
     def __init__(self, capacity: int | None) -> None:
@@ -98,6 +122,8 @@ class BufferStats:
         self.delivered = 0
         self.dropped = 0
         self.dropped_by_reason: dict[str, int] = {}
+        self.refused = 0
+        """Offers answered ``FULL``: not taken, so neither produced nor dropped."""
         self.depth = 0
         self.peak_depth = 0
         self.backpressured_seconds = 0.0
@@ -128,6 +154,7 @@ class BufferStats:
             "delivered": self.delivered,
             "dropped": self.dropped,
             "dropped_by_reason": dict(self.dropped_by_reason),
+            "refused": self.refused,
             "depth": self.depth,
             "peak_depth": self.peak_depth,
             "backpressured_seconds": self.backpressured_seconds,
@@ -242,10 +269,8 @@ class PushBuffer(Generic[T]):
         "_capacity",
         "_clock",
         "_cond",
-        "_done",
         "_drain_thread",
         "_draining",
-        "_error",
         "_lock",
         "_missed",
         "_on_dropped",
@@ -254,7 +279,8 @@ class PushBuffer(Generic[T]):
         "_request_callbacks",
         "_requested",
         "_stamps",
-        "_stopped",
+        "_subscribe_thread",
+        "_terminal",
         "_ttl",
         "error_ahead",
         "name",
@@ -307,13 +333,19 @@ class PushBuffer(Generic[T]):
         # All guarded by _lock.
         self._queue: deque[T] = deque()
         self._requested = 0
-        self._done = False  # no more offers accepted (complete/error/overflow)
-        self._error: Exception | None = None
-        self._stopped = False  # cancelled or terminal signal sent
+        # Invariant: every transition of _terminal is made while holding _lock.
+        # Ended (completed, failed, overflowed): offers are refused and the
+        # ending follows the queued items (an eager one cuts ahead of them).
+        # Closed (claimed by the drain loop, or cancelled): nothing more is
+        # signalled. Read without the lock, it is one snapshot (Rule 1.7).
+        self._terminal = Terminal(self)
         self._draining = False
         self._drain_thread = 0
         self._missed = False
         self._callback_thread = 0  # the thread running on_request callbacks, if any
+        # Guarded by _lock: the thread delivering on_subscribe and running a
+        # synchronous producer (``subscribing()``); 0 outside subscribe().
+        self._subscribe_thread = 0
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._request_callbacks: list[Callable[[int], object]] = []
         self._cancel_callbacks: list[Callable[[], object]] = []
@@ -328,16 +360,34 @@ class PushBuffer(Generic[T]):
     def attach(self, actual: Subscriber[T]) -> None:
         """Give the buffer its subscriber (for a buffer created before anyone subscribed)."""
         with self._lock:
-            if self._actual is not None or self._stopped:
+            if self._actual is not None or self._terminal.is_closed:
                 raise RuntimeError(f"{self.name} already has a subscriber")
             self._actual = actual
+        with self.subscribing():
+            try:
+                actual.on_subscribe(self)
+            except Exception as fault:  # Rule 2.13
+                self.cancel()
+                signal_error(actual, fault, self.name)
+                return
+            self._drain()
+
+    @contextlib.contextmanager
+    def subscribing(self) -> Iterator[None]:
+        """Mark the calling thread as inside ``subscribe()`` for the ``with`` block.
+
+        A ``WAIT`` producer on that thread must not wait: the consumer that
+        would make room is, as a rule, the one waiting for ``subscribe`` to
+        return (``blocking_iter``, ``aiter``). Nesting on one thread is fine.
+        """
+        me = threading.get_ident()
+        with self._lock:
+            previous, self._subscribe_thread = self._subscribe_thread, me
         try:
-            actual.on_subscribe(self)
-        except Exception as fault:  # Rule 2.13
-            self.cancel()
-            signal_error(actual, fault, self.name)
-            return
-        self._drain()
+            yield
+        finally:
+            with self._lock:
+                self._subscribe_thread = previous
 
     # -- introspection ----------------------------------------------------------------
 
@@ -355,13 +405,18 @@ class PushBuffer(Generic[T]):
 
     @property
     def is_cancelled(self) -> bool:
-        """Whether the subscriber cancelled (or the stream ended)."""
-        return self._stopped
+        """Whether the subscriber cancelled (or the stream's end was signalled)."""
+        return self._terminal.is_closed
 
     @property
     def is_closed(self) -> bool:
         """Whether offers are refused (completed, failed or cancelled)."""
-        return self._done or self._stopped
+        return self._refusing()
+
+    def _refusing(self) -> bool:
+        # Two reads, safe without _lock: both flags only ever turn true.
+        terminal = self._terminal
+        return terminal.is_ended or terminal.is_closed
 
     def on_request(self, callback: Callable[[int], object]) -> None:
         """Call ``callback(n)`` after each valid ``request(n)``."""
@@ -374,12 +429,21 @@ class PushBuffer(Generic[T]):
     # -- producers --------------------------------------------------------------------
 
     def offer(self, item: T) -> OfferResult:
-        """Add ``item`` if the strategy allows; never blocks."""
+        """Add ``item`` if the strategy allows; never blocks.
+
+        A ``FULL`` answer (``WAIT`` strategy, no room) is counted in
+        ``stats.refused``.
+        """
+        return self._offer(item, count_refusal=True)
+
+    def _offer(self, item: T, *, count_refusal: bool) -> OfferResult:
         if item is None:
             raise TypeError(f"{self.name}: None is not a valid item (Rule 2.13)")
         dropped: list[T] = []
         with self._lock:
             result = self._offer_locked(item, dropped)
+            if result is OfferResult.FULL and count_refusal:
+                self.stats.refused += 1
         self._report_dropped(dropped)
         if result is OfferResult.ENQUEUED or result is OfferResult.FAILED:
             self._drain()
@@ -388,7 +452,7 @@ class PushBuffer(Generic[T]):
         return result
 
     def _offer_locked(self, item: T, dropped: list[T]) -> OfferResult:
-        if self._done or self._stopped:
+        if self._refusing():
             return OfferResult.CLOSED
         queue = self._queue
         stats = self.stats
@@ -416,10 +480,13 @@ class PushBuffer(Generic[T]):
                     stamps.pop()
             else:  # ERROR
                 self._count_drop(item, "overflow_error", dropped)
-                self._done = True
-                self._error = BufferOverflowError(
-                    f"{self.name}: buffer of {self._capacity} is full "
-                    f"({stats.produced} produced, {stats.delivered} delivered)"
+                # Accepted: the stream was open (checked above, under _lock).
+                self._terminal.fail(
+                    BufferOverflowError(
+                        f"{self.name}: buffer of {self._capacity} is full "
+                        f"({stats.produced} produced, {stats.delivered} delivered)"
+                    ),
+                    eager=self.error_ahead,
                 )
                 if self.error_ahead:
                     for queued in queue:
@@ -495,7 +562,7 @@ class PushBuffer(Generic[T]):
         """
         dropped: list[T] = []
         with self._lock:
-            if self._done or self._stopped:
+            if self._refusing():
                 return
             self.stats.produced += 1
             self._count_drop(item, reason, dropped)
@@ -505,33 +572,68 @@ class PushBuffer(Generic[T]):
         """Offer, waiting for room while the buffer is full (the WAIT strategy, threads).
 
         Returns ``CLOSED`` if the stream ends while waiting and ``FULL`` after
-        ``timeout``. Raises ``RuntimeError`` if called on the thread that is
-        delivering to the subscriber, where waiting could never end.
+        ``timeout`` (counted in ``stats.refused``).
+
+        Raises:
+            RuntimeError: the buffer is full and this thread is one the
+                subscriber needs in order to make room, so waiting could never
+                end: the thread delivering to the subscriber or running its
+                ``request``, the thread inside ``subscribe()`` (a synchronous
+                producer), or a thread running an asyncio event loop. The
+                stream fails with the same error, after the buffered items, so
+                the subscriber hears of it whatever the producer does with it.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            result = self.offer(item)
+            result = self._offer(item, count_refusal=False)
             if result is not OfferResult.FULL:
                 return result
             with self._lock:
-                me = threading.get_ident()
-                if (self._draining and self._drain_thread == me) or self._callback_thread == me:
-                    raise RuntimeError(
-                        f"{self.name}: a WAIT emit beyond demand on the subscriber's own "
-                        "thread would wait forever"
-                    )
-                if self._room_locked() or self._done or self._stopped:
+                if self._room_locked() or self._refusing():
                     continue
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return OfferResult.FULL
-                self._cond.wait(remaining if remaining is not None else 1.0)
+                reason = self._cannot_wait_locked()
+                if reason is None:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        self.stats.refused += 1
+                        return OfferResult.FULL
+                    self._cond.wait(remaining if remaining is not None else 1.0)
+                    continue
+                error = RuntimeError(f"{self.name}: a WAIT emit beyond demand {reason}")
+                self._terminal.fail(error)  # accepted: the stream is open (checked above)
+                self._wake_producers_locked()  # the other producers learn it is CLOSED
+            self._drain()  # the buffered items, then the error
+            raise error
+
+    def _cannot_wait_locked(self) -> str | None:
+        """Why a producer waiting on this thread could never be woken; ``None`` if it can be."""
+        me = threading.get_ident()
+        if (self._draining and self._drain_thread == me) or self._callback_thread == me:
+            return (
+                "on the subscriber's own thread would wait forever: that thread is the one "
+                "that would make room. Emit at most `emitter.requested` items there, or "
+                "produce on another thread"
+            )
+        if self._subscribe_thread == me:
+            return (
+                "inside subscribe() would wait forever: the consumer cannot request more "
+                "until subscribe() returns. Run the producer on another thread, or make it "
+                "a coroutine that does `await emitter.send(item)`"
+            )
+        if asyncio._get_running_loop() is not None:  # (raises nothing when there is none)
+            return (
+                "would block the running event loop of this thread and could wait forever: "
+                "a consumer on that loop cannot make room. Make the producer a coroutine "
+                "that does `await emitter.send(item)` (SourceQueue: `await offer_wait(item)`), "
+                "or run it on another thread"
+            )
+        return None
 
     async def offer_wait(self, item: T) -> OfferResult:
         """Offer, awaiting room while the buffer is full (the WAIT strategy, coroutines)."""
         loop = asyncio.get_running_loop()
         while True:
-            result = self.offer(item)
+            result = self._offer(item, count_refusal=False)
             if result is not OfferResult.FULL:
                 return result
             await self._wait_for_room(loop)
@@ -541,14 +643,14 @@ class PushBuffer(Generic[T]):
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:
-                if self._room_locked() or self._done or self._stopped:
+                if self._room_locked() or self._refusing():
                     return
             await self._wait_for_room(loop)
 
     async def _wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if self._room_locked() or self._done or self._stopped:
+            if self._room_locked() or self._refusing():
                 return
             self._async_waiters.append((loop, future))
         await future
@@ -560,25 +662,30 @@ class PushBuffer(Generic[T]):
     def complete(self) -> None:
         """No more items: complete once the buffered ones are delivered."""
         with self._lock:
-            if self._done or self._stopped:
-                return
-            self._done = True
+            if not self._terminal.complete():
+                return  # already ended or cancelled: a late completion is ignored
             self._wake_producers_locked()  # waiting producers learn it is CLOSED
         self._drain()
 
     def error(self, error: Exception) -> None:
-        """Fail the stream (after the buffered items, or ahead of them with ``error_ahead``)."""
+        """Fail the stream (after the buffered items, or ahead of them with ``error_ahead``).
+
+        A second error is reported to the undeliverable hook (Rule 1.7), except
+        the very error the stream already ended with (a producer re-raising
+        what ``offer_blocking`` raised).
+        """
         if not isinstance(error, Exception):
             raise TypeError(f"error() needs an Exception, got {error!r}")
         dropped: list[T] = []
         with self._lock:
-            if self._done or self._stopped:
-                report_undeliverable(error, f"{self.name} after terminal")
+            ending = self._terminal.ending
+            if ending is not None and ending.error is error:
                 return
-            self._done = True
-            self._error = error
+            eager = self.error_ahead
+            if not self._terminal.fail(error, eager=eager):
+                return  # reported by the terminal: too late (Rule 1.7)
             self._wake_producers_locked()  # waiting producers learn it is CLOSED
-            if self.error_ahead:
+            if eager:
                 while self._queue:
                     self._count_drop(self._queue.popleft(), "error_ahead", dropped)
                 self.stats.depth = 0
@@ -594,19 +701,19 @@ class PushBuffer(Generic[T]):
     def request(self, n: int) -> None:
         """Add demand (Rules 3.8, 3.9, 3.17) and deliver what is buffered."""
         error = check_request(n)
+        dropped: list[T] = []
         with self._lock:
-            if self._stopped:
+            if self._terminal.is_closed:
                 return  # Rule 3.6
             if error is not None:
-                dropped: list[T] = []
-                while self._queue:
-                    self._count_drop(self._queue.popleft(), "cancelled", dropped)
-                self.stats.depth = 0
-                if self._stamps is not None:
-                    self._stamps.clear()
-                self._done = True
-                self._error = error
-                self._requested = 0
+                # Rule 3.9, eager: it cuts ahead of the queued items, which are dropped.
+                if self._terminal.fail(error, eager=True):
+                    while self._queue:
+                        self._count_drop(self._queue.popleft(), "cancelled", dropped)
+                    self.stats.depth = 0
+                    if self._stamps is not None:
+                        self._stamps.clear()
+                    self._requested = 0
                 self._wake_producers_locked()
             else:
                 self._requested = add_cap(self._requested, n)
@@ -632,9 +739,8 @@ class PushBuffer(Generic[T]):
         """Stop, drop (and count) what is buffered, release the subscriber (Rule 3.13)."""
         dropped: list[T] = []
         with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
+            if not self._terminal.cancel():
+                return  # Rule 3.7
             while self._queue:
                 self._count_drop(self._queue.popleft(), "cancelled", dropped)
             self.stats.depth = 0
@@ -670,18 +776,19 @@ class PushBuffer(Generic[T]):
             if self._draining:
                 self._missed = True  # the running loop will look again (Rule 3.3)
                 return
-            if self._stopped or self._actual is None:
+            if self._terminal.is_closed or self._actual is None:
                 return
             self._draining = True
             self._drain_thread = threading.get_ident()
         actual = self._actual
         lock = self._lock
+        terminal = self._terminal
         stats = self.stats
         while True:
             expired: list[T] = []
             with lock:
                 self._missed = False
-                if self._stopped:
+                if terminal.is_closed:  # cancelled (only this loop claims)
                     self._actual = None
                     self._draining = False
                     return
@@ -700,15 +807,13 @@ class PushBuffer(Generic[T]):
                     if stats._backpressured_since is not None and self._room_locked():
                         stats.backpressured_seconds += time.monotonic() - stats._backpressured_since
                         stats._backpressured_since = None
-                terminal = self._done and not self._queue
-                error = self._error
             if expired:
                 self._report_dropped(expired)
             if self.water_marks is not None and (n or expired):
                 self.water_marks.observe(len(self._queue))
             sent = 0
             for item in batch:
-                if self._stopped:
+                if terminal.is_closed:  # Rule 3.6: cancelled mid-batch
                     break
                 sent += 1
                 try:
@@ -724,28 +829,30 @@ class PushBuffer(Generic[T]):
             if sent < len(batch):
                 self._unsend(batch[sent:])  # cancelled mid-batch: the rest never arrived
             with lock:
-                if self._stopped:
+                if terminal.is_closed:
                     self._actual = None
                     self._draining = False
                     self._wake_producers_locked()
                     return
-                if terminal and not self._queue:
-                    self._stopped = True
+                # One snapshot, read with the queue under _lock (every transition
+                # of the terminal is made under it): an ending seen here already
+                # carries its error, so a failed stream never completes (Rule 1.7).
+                if terminal.ending is not None and not self._queue:
+                    ending = terminal.claim()
                     self._actual = None
                     self._draining = False
                     self._wake_producers_locked()
-                    finish = True
                 elif not self._missed and (not batch or not self._requested or not self._queue):
                     self._draining = False
                     return
                 else:
-                    finish = False
-            if finish:
-                if error is None:
-                    signal_complete(actual, self.name)
-                else:
-                    signal_error(actual, error, self.name)
-                return
+                    continue
+            assert ending is not None  # claimed under _lock right after reading it
+            if ending.error is None:
+                signal_complete(actual, self.name)
+            else:
+                signal_error(actual, ending.error, self.name)
+            return
 
     def _unsend(self, items: list[T]) -> None:
         """Items popped for delivery that never reached the subscriber: count them dropped."""

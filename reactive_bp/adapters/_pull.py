@@ -4,6 +4,21 @@ Both iterators keep at most ``prefetch`` items requested and not yet consumed:
 they ask for ``prefetch`` first, then for ``limit = prefetch - prefetch // 4``
 more each time ``limit`` items were consumed (the 75% replenish rule), so the
 producer rarely waits and memory stays bounded by ``prefetch``.
+
+How the rules hold:
+
+* Rule 2.5 and giving up early: a subscription that arrives after the
+  consumer left (``blocking_iter`` timed out, the task running ``aiter`` was
+  cancelled, the iterator was closed) is cancelled at once and never
+  requested from; so is a second subscription.
+* Rule 1.7: how the stream ended is one ``Terminal``, recorded under ``_lock``
+  together with the queue, and claimed once by the consumer when the queue is
+  empty: the consumer never sees "done" before the error that ended it.
+* Rule 1.1: more items than requested end the stream with
+  ``ProtocolViolationError`` after the ones that were requested.
+* ``blocking_iter`` refuses to run on a thread that runs an asyncio event
+  loop (it would block the loop, and hang if the source needs it); use
+  ``aiter`` there.
 """
 
 from __future__ import annotations
@@ -15,8 +30,10 @@ from collections.abc import AsyncGenerator, Generator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from .._core._hooks import ProtocolViolationError, report_undeliverable
+from .._core._hooks import ProtocolViolationError
 from .._core._operator import CANCELLED
+from .._core._terminal import Terminal
+from ..subscribers._blocking import refuse_running_loop
 
 if TYPE_CHECKING:
     from .._flow import Flow
@@ -40,13 +57,12 @@ class _BridgeSubscriber(Generic[T]):
 
     __slots__ = (
         "_consumed",
-        "_error",
-        "_finished",
         "_limit",
         "_lock",
         "_prefetch",
         "_queue",
         "_subscription",
+        "_terminal",
         "_unrequested",
     )
 
@@ -56,10 +72,17 @@ class _BridgeSubscriber(Generic[T]):
         self._unrequested = None if total is None else total - prefetch
         self._limit = prefetch - (prefetch >> 2)
         self._lock = threading.Lock()
-        # Guarded by _lock: items not yet taken, and the terminal state.
+        # Guarded by _lock: items not yet taken.
         self._queue: deque[T] = deque()
-        self._finished = False
-        self._error: Exception | None = None
+        # Ended: the publisher's terminal signal (or a Rule 1.1 violation).
+        # Closed: claimed by the consumer, or the consumer left (cancel), after
+        # which a late subscription is cancelled. Guarded by its own leaf lock;
+        # cancel, claim and the Rule 1.1 failure also hold _lock. Invariant:
+        # nothing is queued once it has ended (on_next checks under _lock, and
+        # Rule 1.3 orders on_next before the terminal signal), so a poll that
+        # finds the queue empty under _lock may claim the ending it reads.
+        self._terminal = Terminal(self)
+        # Guarded by _lock: CANCELLED until on_subscribe, and again after cancel.
         self._subscription: Subscription = CANCELLED
         self._consumed = 0  # touched only by the consumer
 
@@ -68,45 +91,47 @@ class _BridgeSubscriber(Generic[T]):
     def on_subscribe(self, subscription: Subscription) -> None:
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
-        if self._subscription is not CANCELLED:
-            subscription.cancel()  # Rule 2.5
+        with self._lock:
+            # The consumer may have left before a delayed on_subscribe arrived
+            # (subscribe_on a busy pool): the subscription is then unwanted.
+            accepted = not self._terminal.is_closed and self._subscription is CANCELLED
+            if accepted:
+                self._subscription = subscription
+        if not accepted:
+            subscription.cancel()  # Rule 2.5, or nobody is left to consume
             return
-        self._subscription = subscription
+        # A cancel() racing with this request makes it a no-op (Rule 3.6).
         subscription.request(self._prefetch)
 
     def on_next(self, item: T) -> None:
         if item is None:
             raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
         with self._lock:
-            if self._finished:
-                return
-            if len(self._queue) >= self._prefetch:
-                self._finished = True
-                self._error = ProtocolViolationError(
-                    f"Rule 1.1: more than the {self._prefetch} requested items arrived"
+            terminal = self._terminal
+            if terminal.is_ended or terminal.is_closed:
+                return  # Rule 1.7 (a publisher's late item), or the consumer left
+            overflowed = len(self._queue) >= self._prefetch
+            if overflowed:
+                terminal.fail(
+                    ProtocolViolationError(
+                        f"Rule 1.1: more than the {self._prefetch} requested items arrived"
+                    )
                 )
-                overflowed = True
+                subscription = self._subscription
             else:
                 self._queue.append(item)
-                overflowed = False
         if overflowed:
-            self._subscription.cancel()
+            subscription.cancel()
         self.wake()
 
     def on_error(self, error: Exception) -> None:
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
-        with self._lock:
-            if self._finished:
-                report_undeliverable(error, "async/blocking iterator after terminal")
-                return
-            self._finished = True
-            self._error = error
+        self._terminal.fail(error)  # too late (Rule 1.7, or after cancel): reported there
         self.wake()
 
     def on_complete(self) -> None:
-        with self._lock:
-            self._finished = True
+        self._terminal.complete()
         self.wake()
 
     def wake(self) -> None:
@@ -119,10 +144,14 @@ class _BridgeSubscriber(Generic[T]):
         with self._lock:
             if self._queue:
                 item: object = self._queue.popleft()
-            elif self._finished:
-                if self._error is not None:
-                    error, self._error = self._error, None
-                    raise error
+            elif self._terminal.is_closed:
+                return _DONE  # the ending was already delivered, or the consumer left
+            elif self._terminal.is_ended:
+                # Queue empty and ended, read together under _lock: deliver the
+                # ending once (its error is part of the same snapshot).
+                ending = self._terminal.claim()
+                if ending is not None and ending.error is not None:
+                    raise ending.error
                 return _DONE
             else:
                 return None
@@ -142,11 +171,15 @@ class _BridgeSubscriber(Generic[T]):
             self._subscription.request(n)
 
     def cancel(self) -> None:
+        """The consumer left: cancel upstream now, or on arrival of a late subscription."""
         with self._lock:
-            self._finished = True
+            self._terminal.cancel()
             self._queue.clear()
-        subscription, self._subscription = self._subscription, CANCELLED
+            subscription, self._subscription = self._subscription, CANCELLED
         subscription.cancel()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} prefetch={self._prefetch} {self._terminal!r}>"
 
 
 class _AsyncBridge(_BridgeSubscriber[T]):
@@ -233,11 +266,16 @@ class _BlockingBridge(_BridgeSubscriber[T]):
                 raise TimeoutError(f"no item within {timeout} s")
 
 
+def _refuse_running_loop() -> None:
+    refuse_running_loop("Flow.blocking_iter()", "`async for item in flow.aiter()`")
+
+
 def blocking_iter(
     source: Flow[T], prefetch: int, timeout: float | None
 ) -> Generator[T, None, None]:
     """See :meth:`Flow.blocking_iter`."""
     bridge: _BlockingBridge[T] = _BlockingBridge(_check_prefetch(prefetch))
+    _refuse_running_loop()  # before subscribing: a subscribe may block too
     source.subscribe(bridge)
     try:
         while True:
@@ -245,6 +283,7 @@ def blocking_iter(
             if item is _DONE:
                 return
             yield item  # type: ignore[misc]
+            _refuse_running_loop()  # each next() may come from another thread
     finally:
         bridge.cancel()  # close(), break + garbage collection, an exception
 

@@ -17,6 +17,7 @@ from .._flow import Flow
 
 if TYPE_CHECKING:
     from ..abc import Subscriber
+    from ..metrics import BackpressureMeter
 
 __all__ = ["CreateFlow", "Emitter", "SourceQueue"]
 
@@ -39,7 +40,17 @@ class Emitter(Generic[T]):
         self._wait = buffer._overflow is OverflowStrategy.WAIT
 
     def emit(self, item: T) -> OfferResult:
-        """Push one item; with WAIT, block the calling thread until there is room."""
+        """Push one item; with WAIT, block the calling thread until there is room.
+
+        Raises:
+            RuntimeError: with WAIT, when the buffer is full and the calling
+                thread is one the subscriber needs in order to make room (see
+                ``PushBuffer.offer_blocking``): the thread inside
+                ``subscribe()``, the subscriber's own thread, or a thread
+                running an asyncio event loop. The stream fails with the same
+                error after the buffered items. Emit from another thread, or
+                ``await send(item)`` from a coroutine producer.
+        """
         if self._wait:
             return self._buffer.offer_blocking(item)
         return self._buffer.offer(item)
@@ -114,13 +125,17 @@ class CreateFlow(Flow[T]):
             name="Flow.create",
             water_marks=self._water_marks,
         )
-        buffer.attach(subscriber)
         emitter = Emitter(buffer)
-        try:
-            result = self._producer(emitter)
-        except Exception as error:
-            buffer.error(error)
-            return
+        # A synchronous producer runs inside subscribe(): a WAIT emit there that
+        # would have to wait raises instead (the consumer cannot request more
+        # until subscribe() returns).
+        with buffer.subscribing():
+            buffer.attach(subscriber)
+            try:
+                result = self._producer(emitter)
+            except Exception as error:
+                buffer.error(error)  # a re-raised WAIT RuntimeError is not reported twice
+                return
         if inspect.iscoroutine(result):
             _run_coroutine(buffer, result)
 
@@ -159,12 +174,17 @@ def _run_coroutine(buffer: PushBuffer[T], coroutine: Awaitable[object]) -> None:
 class SourceQueue(Generic[T]):
     """A hot source that any number of producers offer into; consume it via ``.flow``.
 
-    ``offer`` answers at once with an ``OfferResult``; ``await offer_wait(item)``
-    waits for room; ``await queue.ready()`` returns when there is room (WHATWG's
-    ``writer.ready``, Node's ``drain``); ``desired_size`` is capacity minus
-    queued. Items offered before anyone subscribes wait in the buffer.
-    ``water_marks`` (a ``WaterMarks``) flips to "pressured" at its high mark
-    and back at its low mark, for producers or autoscalers to watch.
+    ``overflow`` defaults to ``OverflowStrategy.WAIT`` (``Flow.create`` and
+    ``Flow.from_observable`` default to ``ERROR``): a full queue holds its
+    producers back. ``offer`` answers at once with an ``OfferResult``
+    (``FULL`` when there is no room; each one is counted in
+    ``stats.refused``); ``await offer_wait(item)`` waits for room; ``await
+    queue.ready()`` returns when there is room (WHATWG's ``writer.ready``,
+    Node's ``drain``); ``desired_size`` is capacity minus queued. Items
+    offered before anyone subscribes wait in the buffer. ``water_marks`` (a
+    ``WaterMarks``) flips to "pressured" at its high mark and back at its low
+    mark, for producers or autoscalers to watch; ``meter`` (a
+    ``BackpressureMeter``) follows ``stats`` for the Prometheus exporter.
 
     Example:
         >>> queue = SourceQueue[int](capacity=2, overflow=OverflowStrategy.DROP_NEWEST)
@@ -184,16 +204,23 @@ class SourceQueue(Generic[T]):
         on_dropped: Callable[[T], object] | None = None,
         *,
         water_marks: WaterMarks | None = None,
+        meter: BackpressureMeter | None = None,
     ) -> None:
         self._buffer: PushBuffer[T] = PushBuffer(
             None, capacity, overflow, on_dropped, name="SourceQueue", water_marks=water_marks
         )
+        if meter is not None:
+            meter.attach(self._buffer.stats)
         self._subscribed = False
         self.flow: Flow[T] = _SourceQueueFlow(self)
         """The single-subscriber ``Flow`` of the offered items."""
 
     def offer(self, item: T) -> OfferResult:
-        """Offer without waiting: ENQUEUED, DROPPED, FULL (WAIT strategy), FAILED or CLOSED."""
+        """Offer without waiting: ENQUEUED, DROPPED, FULL (WAIT strategy), FAILED or CLOSED.
+
+        ``FULL`` means the item was not taken (the caller still holds it); it
+        is counted in ``stats.refused``, not in ``produced`` or ``dropped``.
+        """
         return self._buffer.offer(item)
 
     async def offer_wait(self, item: T) -> OfferResult:
@@ -201,7 +228,13 @@ class SourceQueue(Generic[T]):
         return await self._buffer.offer_wait(item)
 
     def offer_blocking(self, item: T, timeout: float | None = None) -> OfferResult:
-        """Offer from a thread, blocking while full (only WAIT ever waits)."""
+        """Offer from a thread, blocking while full (only WAIT ever waits).
+
+        ``FULL`` after ``timeout`` (counted in ``stats.refused``). Raises
+        ``RuntimeError`` instead of waiting on a thread running an asyncio event
+        loop or on the subscriber's own thread (the queue then fails with it);
+        use ``await offer_wait(item)`` there.
+        """
         return self._buffer.offer_blocking(item, timeout)
 
     async def ready(self) -> None:
@@ -220,7 +253,7 @@ class SourceQueue(Generic[T]):
 
     @property
     def stats(self) -> BufferStats:
-        """Produced / delivered / dropped / depth counters."""
+        """Produced / delivered / dropped / refused / depth counters."""
         return self._buffer.stats
 
     def complete(self) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar, final
 
 from .._core._demand import UNBOUNDED
 from .._core._hooks import ProtocolViolationError, report_undeliverable
-from .._core._operator import CANCELLED
+from .._core._operator import CANCELLED, EmptySubscription
 
 if TYPE_CHECKING:
     from ..abc import Subscription
@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 __all__ = ["BaseSubscriber", "RequestPolicy", "SignalType"]
 
 T = TypeVar("T")
+
+
+_GAVE_UP = EmptySubscription()
+"""In place of the subscription once the subscriber cancelled before ``on_subscribe``.
+
+A subscription that arrives afterwards (``subscribe_on`` a busy pool, a
+``to_list(timeout=)`` that timed out first) is cancelled at once, never
+requested from, and is not a Rule 2.5 violation.
+"""
 
 
 class RequestPolicy:
@@ -100,6 +109,9 @@ class BaseSubscriber(Generic[T]):
         self._replenish = self._policy.replenish
         # The per-item callable, bound once (a subclass may bind a plain function).
         self._next_hook: Callable[[T], object] = self.hook_on_next
+        # Invariant: CANCELLED before on_subscribe and after the end; _GAVE_UP
+        # once cancelled before on_subscribe. Not locked: cancel() may race a
+        # late on_subscribe, which re-checks _done after storing it.
         self._subscription: Subscription = CANCELLED
         self._done = False
         self._delivered = 0  # items since the last replenish; touched only by on_next
@@ -111,6 +123,9 @@ class BaseSubscriber(Generic[T]):
         """Keep the subscription, run ``hook_on_subscribe``, make the initial request."""
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
+        if self._subscription is _GAVE_UP:
+            subscription.cancel()  # the subscriber left before it arrived
+            return
         if self._subscription is not CANCELLED or self._done:
             subscription.cancel()  # Rule 2.5
             report_undeliverable(
@@ -119,6 +134,13 @@ class BaseSubscriber(Generic[T]):
             )
             return
         self._subscription = subscription
+        if self._done:
+            # cancel() ran on another thread since the check above; it sets
+            # _done before it takes _subscription, so either it cancelled this
+            # subscription or we see _done here: cancelled either way, never
+            # requested from (Rule 3.7 makes a second cancel harmless).
+            subscription.cancel()
+            return
         try:
             self.hook_on_subscribe(subscription)
         except Exception as fault:
@@ -188,7 +210,10 @@ class BaseSubscriber(Generic[T]):
         if self._done:
             return
         self._done = True
-        subscription, self._subscription = self._subscription, CANCELLED
+        subscription = self._subscription
+        # No subscription yet: remember that the subscriber gave up, so a late
+        # on_subscribe is cancelled quietly rather than reported as Rule 2.5.
+        self._subscription = _GAVE_UP if subscription is CANCELLED else CANCELLED
         subscription.cancel()
         try:
             self.hook_on_cancel()

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
-from contextlib import aclosing
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, contextmanager, nullcontext
 
 import pytest
+from typing_extensions import override
 
 from reactive_bp import EmptyFlowError, Flow
+from reactive_bp.abc import Subscriber
+from reactive_bp.schedulers import ThreadPoolScheduler
 from reactive_bp.testing import TestPublisher
 
 pytestmark = pytest.mark.no_undeliverable
@@ -210,3 +216,192 @@ def test_blocking_iter_from_a_producer_thread_and_timeout() -> None:
         next(Flow.never().blocking_iter(timeout=0.02))
     with pytest.raises(ValueError):
         next(Flow.range(3).blocking_iter(prefetch=0))
+
+
+# -- giving up before on_subscribe arrives ---------------------------------------------------
+
+
+class _RecordingSubscription:
+    """What a subscriber did with a subscription it received late."""
+
+    def __init__(self) -> None:
+        self.requests: list[int] = []
+        self.cancelled = threading.Event()
+
+    def request(self, n: int) -> None:
+        self.requests.append(n)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _LatePublisher(Flow[int]):
+    """Delivers ``on_subscribe`` from another thread, only once ``deliver()`` is called."""
+
+    def __init__(self) -> None:
+        self.subscription = _RecordingSubscription()
+        self._release = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @override
+    def _subscribe(self, subscriber: Subscriber[int]) -> None:
+        def later() -> None:
+            self._release.wait(10)
+            subscriber.on_subscribe(self.subscription)
+
+        self._thread = threading.Thread(target=later)
+        self._thread.start()
+
+    def deliver(self) -> None:
+        self._release.set()
+        assert self._thread is not None
+        self._thread.join(10)
+
+    def assert_cancelled_never_requested(self) -> None:
+        assert self.subscription.cancelled.is_set()
+        assert self.subscription.requests == []
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.001)
+
+
+@contextmanager
+def _busy_single_worker() -> Iterator[tuple[ThreadPoolScheduler, threading.Event]]:
+    """A one-worker pool whose worker is busy until the event is set."""
+    gate = threading.Event()
+    pool = ThreadPoolScheduler(1)
+    try:
+        pool.schedule(lambda: gate.wait(10))
+        yield pool, gate
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
+def test_blocking_iter_timeout_cancels_a_subscription_that_arrives_later() -> None:
+    late = _LatePublisher()
+    with pytest.raises(TimeoutError):
+        next(late.blocking_iter(timeout=0.05))
+    late.deliver()
+    late.assert_cancelled_never_requested()
+
+
+def test_blocking_iter_timeout_through_subscribe_on_a_busy_pool() -> None:
+    upstream: TestPublisher[int] = TestPublisher()
+    with _busy_single_worker() as (pool, gate):
+        with pytest.raises(TimeoutError):
+            next(upstream.subscribe_on(pool).blocking_iter(timeout=0.05))
+        gate.set()
+        _wait_until(lambda: upstream.cancelled)
+    assert upstream.requests == []
+
+
+def test_cancelled_aiter_task_cancels_a_subscription_that_arrives_later() -> None:
+    late = _LatePublisher()
+
+    async def consume() -> None:
+        async for _ in late.aiter():
+            pass
+
+    async def main() -> None:
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.01)  # subscribed, waiting for on_subscribe
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    late.deliver()
+    late.assert_cancelled_never_requested()
+
+
+def test_cancelled_aiter_task_through_subscribe_on_a_busy_pool() -> None:
+    upstream: TestPublisher[int] = TestPublisher()
+
+    async def consume(flow: Flow[int]) -> None:
+        async for _ in flow.aiter():
+            pass
+
+    async def main(pool: ThreadPoolScheduler) -> None:
+        task = asyncio.create_task(consume(upstream.subscribe_on(pool)))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with _busy_single_worker() as (pool, gate):
+        asyncio.run(main(pool))
+        gate.set()
+        _wait_until(lambda: upstream.cancelled)
+    assert upstream.requests == []
+
+
+def test_to_list_timeout_cancels_a_late_subscription_without_a_false_rule_2_5() -> None:
+    late = _LatePublisher()
+    with pytest.raises(TimeoutError):
+        late.to_list(timeout=0.05)
+    late.deliver()
+    late.assert_cancelled_never_requested()  # and nothing reported (no_undeliverable)
+
+
+# -- blocking sinks inside a running event loop ------------------------------------------
+
+
+def test_blocking_iter_refuses_to_block_a_running_event_loop() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        yield 1
+
+    async def main() -> None:
+        iterator = Flow.from_async_iterable(numbers()).blocking_iter(timeout=1)
+        with pytest.raises(RuntimeError, match="would block the running event loop") as raised:
+            next(iterator)
+        assert "aiter()" in str(raised.value)
+        # A source that would not need the loop is refused too: predictable.
+        with pytest.raises(RuntimeError, match="would block the running event loop"):
+            next(Flow.range(3).blocking_iter())
+
+    asyncio.run(main())
+
+
+def test_blocking_iter_made_on_the_loop_may_be_consumed_in_a_worker_thread() -> None:
+    async def main() -> list[int]:
+        return await asyncio.to_thread(list, Flow.range(5).blocking_iter())
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+
+
+# -- the terminal state ----------------------------------------------------------------------
+
+
+def _produce_then_end(upstream: TestPublisher[int], error: Exception | None) -> None:
+    _wait_until(lambda: upstream.outstanding > 0)
+    upstream.send_next(1, 2)
+    if error is None:
+        upstream.send_complete()
+    else:
+        upstream.send_error(error)
+
+
+def test_an_error_is_never_seen_as_done_under_a_racing_consumer() -> None:
+    """The consumer polls while the publisher ends the stream on another thread."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for run in range(300):
+            upstream: TestPublisher[int] = TestPublisher()
+            iterator = upstream.blocking_iter(prefetch=4, timeout=10)
+            error = LookupError(f"run {run}") if run % 2 else None
+            producer = threading.Thread(target=_produce_then_end, args=(upstream, error))
+            producer.start()
+            items: list[int] = []
+            with pytest.raises(LookupError) if error else nullcontext():
+                for item in iterator:
+                    items.append(item)
+            producer.join()
+            assert items == [1, 2]
+    finally:
+        sys.setswitchinterval(previous)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
+import sys
 import threading
+import time
+from collections.abc import Callable
 from contextlib import aclosing
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reactive_bp import (
+    UNBOUNDED,
+    BackpressureMeter,
     BufferOverflowError,
     Emitter,
     Flow,
@@ -21,9 +30,12 @@ from reactive_bp import (
     SourceQueue,
     WaterMarks,
 )
+from reactive_bp._core._push import PushBuffer
 from reactive_bp.testing import TestSubscriber
 
 pytestmark = pytest.mark.no_undeliverable
+
+R = TypeVar("R")
 
 
 def _burst(
@@ -384,3 +396,315 @@ def test_water_marks_on_source_queue_and_create() -> None:
     assert created.pressured
     late.request(2)
     assert not created.pressured
+
+
+# -- WAIT on a thread the consumer needs ------------------------------------------------------
+
+
+def _within(seconds: float, action: Callable[[], R]) -> R:
+    """Run ``action`` on a daemon thread; fail (instead of hanging) if it takes too long."""
+    outcome: list[R] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(action())
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"hung for {seconds} s (a deadlock)"
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _sync_wait_producer(raised: list[BaseException]) -> Callable[[Emitter[int]], None]:
+    """Emits 100 items on whatever thread runs it, recording what ``emit`` raised."""
+
+    def producer(emitter: Emitter[int]) -> None:
+        try:
+            for i in range(100):
+                emitter.emit(i)
+        except RuntimeError as error:
+            raised.append(error)
+            raise
+        emitter.complete()
+
+    return producer
+
+
+def test_wait_producer_inside_subscribe_of_blocking_iter_fails_instead_of_hanging() -> None:
+    raised: list[BaseException] = []
+    flow = Flow.create(_sync_wait_producer(raised), capacity=4, overflow=OverflowStrategy.WAIT)
+    items: list[int] = []
+
+    def consume() -> None:
+        for item in flow.blocking_iter(prefetch=2, timeout=5):
+            items.append(item)
+
+    with pytest.raises(RuntimeError, match=r"inside subscribe\(\)") as caught:
+        _within(5, consume)
+    assert items == list(range(6))  # 2 requested + 4 buffered: nothing lost before the error
+    assert raised == [caught.value]  # the producer was told too, with the same error
+    assert "another thread" in str(caught.value) and "emitter.send" in str(caught.value)
+
+
+def test_wait_producer_inside_subscribe_of_aiter_fails_instead_of_freezing_the_loop() -> None:
+    raised: list[BaseException] = []
+    flow = Flow.create(_sync_wait_producer(raised), capacity=4, overflow=OverflowStrategy.WAIT)
+
+    async def main() -> list[int]:
+        items: list[int] = []
+        with pytest.raises(RuntimeError, match=r"inside subscribe\(\)") as caught:
+            async for item in flow.aiter(prefetch=2):
+                items.append(item)
+        assert raised == [caught.value]
+        return items
+
+    assert _within(5, lambda: asyncio.run(main())) == list(range(6))
+
+
+def test_wait_emit_on_the_loop_thread_outside_subscribe_fails_instead_of_freezing_it() -> None:
+    raised: list[BaseException] = []
+
+    def producer(emitter: Emitter[int]) -> None:
+        # Produces later, from a loop callback: on the loop's thread, outside subscribe().
+        loop = asyncio.get_running_loop()
+        loop.call_soon(_swallowing(_sync_wait_producer(raised)), emitter)
+
+    flow = Flow.create(producer, capacity=4, overflow=OverflowStrategy.WAIT)
+
+    async def main() -> list[int]:
+        items: list[int] = []
+        with pytest.raises(RuntimeError, match="would block the running event loop") as caught:
+            async for item in flow.aiter(prefetch=2):
+                items.append(item)
+        assert raised == [caught.value]  # the producer swallowed it: the stream failed anyway
+        assert "emitter.send" in str(caught.value)
+        return items
+
+    assert _within(5, lambda: asyncio.run(main())) == list(range(6))
+
+
+def _swallowing(producer: Callable[[Emitter[int]], None]) -> Callable[[Emitter[int]], None]:
+    def run(emitter: Emitter[int]) -> None:
+        with contextlib.suppress(RuntimeError):
+            producer(emitter)
+
+    return run
+
+
+def test_wait_producer_on_its_own_thread_still_waits() -> None:
+    def producer(emitter: Emitter[int]) -> None:
+        def run() -> None:
+            for i in range(50):
+                emitter.emit(i)
+            emitter.complete()
+
+        threading.Thread(target=run).start()
+
+    async def main() -> list[int]:
+        flow = Flow.create(producer, capacity=2, overflow=OverflowStrategy.WAIT)
+        return [item async for item in flow.aiter(prefetch=2)]
+
+    assert _within(10, lambda: asyncio.run(main())) == list(range(50))
+
+
+def test_wait_emit_within_room_inside_subscribe_is_fine() -> None:
+    flow = Flow.create(_sync_wait_producer([]), capacity=100, overflow=OverflowStrategy.WAIT)
+    assert list(flow.blocking_iter(prefetch=2, timeout=5)) == list(range(100))
+
+
+# -- SourceQueue: refused offers are counted ----------------------------------------------------
+
+
+def test_source_queue_counts_refused_offers() -> None:
+    queue: SourceQueue[int] = SourceQueue(2)  # WAIT by default
+    assert [queue.offer(i) for i in range(5)] == [OfferResult.ENQUEUED] * 2 + [OfferResult.FULL] * 3
+    assert queue.offer_blocking(9, timeout=0.01) is OfferResult.FULL
+    stats = queue.stats
+    assert (stats.refused, stats.produced, stats.dropped, stats.depth) == (4, 2, 0, 2)
+    assert stats.snapshot()["refused"] == 4
+    assert stats.produced == stats.delivered + stats.dropped + stats.depth  # refused stand apart
+
+
+def test_waiting_offers_are_not_counted_as_refused() -> None:
+    queue: SourceQueue[int] = SourceQueue(1)
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    queue.flow.subscribe(subscriber)
+    queue.offer(0)
+
+    def produce() -> None:
+        for i in range(1, 20):
+            assert queue.offer_blocking(i, timeout=10) is OfferResult.ENQUEUED
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    while len(subscriber.items) < 20:
+        subscriber.request(1)
+        time.sleep(0.001)
+    producer.join()
+    assert queue.stats.refused == 0  # offer_blocking waited (retrying); it was never refused
+
+    async def main() -> None:
+        waiting: SourceQueue[int] = SourceQueue(1)
+        waiting.offer(0)
+        sending = asyncio.create_task(waiting.offer_wait(1))
+        await asyncio.sleep(0.01)
+        waiting.flow.subscribe(TestSubscriber(2))
+        assert await sending is OfferResult.ENQUEUED
+        assert waiting.stats.refused == 0
+
+    asyncio.run(main())
+
+
+def test_refused_offers_reach_the_meter_and_prometheus() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from reactive_bp.metrics import register_prometheus
+
+    meter = BackpressureMeter("queue")
+    queue: SourceQueue[int] = SourceQueue(1, meter=meter)
+    for i in range(4):
+        queue.offer(i)
+    assert meter.stats is queue.stats and meter.totals()["refused"] == 3
+    registry = prometheus_client.CollectorRegistry()
+    register_prometheus(meter, registry=registry)
+    assert registry.get_sample_value("reactive_bp_refused_total", {"stream": "queue"}) == 3.0
+    text = prometheus_client.generate_latest(registry).decode()
+    assert "# TYPE reactive_bp_refused_total counter" in text
+
+
+def test_the_docs_state_the_default_strategies_the_code_uses() -> None:
+    # The code: Flow.create fails on overflow by default, SourceQueue holds producers back.
+    default: TestSubscriber[int] = TestSubscriber()
+    Flow.create(_sync_wait_producer([]), capacity=4).subscribe(default)
+    default.request(100)
+    assert [type(e) for e in default.errors] == [BufferOverflowError]
+    queue: SourceQueue[int] = SourceQueue(1)
+    queue.offer(0)
+    assert queue.offer(1) is OfferResult.FULL
+    # The docs say the same.
+    text = (Path(__file__).parents[2] / "docs" / "bridging-push-and-pull.md").read_text()
+    rows = {row.split()[1]: row for row in text.splitlines() if row.startswith("| `")}
+    assert "default" in rows["`ERROR`"] and "`Flow.create`" in rows["`ERROR`"]
+    assert "`SourceQueue`" not in rows["`ERROR`"]
+    assert "default" in rows["`WAIT`"] and "`SourceQueue`" in rows["`WAIT`"]
+
+
+# -- the terminal state ---------------------------------------------------------------------------
+
+
+def test_a_bad_request_cutting_ahead_of_a_pending_error_reports_that_error(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    emitters: list[Emitter[int]] = []
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    Flow.create(emitters.append, capacity=4).subscribe(subscriber)
+    (emitter,) = emitters
+    emitter.emit(1)
+    pending = LookupError("waits behind the queued item")
+    emitter.error(pending)
+    subscriber.request(0)  # Rule 3.9 is eager: it cuts ahead of the item and of the error
+    assert subscriber.items == []
+    assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]
+    assert [error for error, _ in undeliverable] == [pending]  # displaced, not swallowed
+    subscriber.assert_clean()
+
+
+def test_an_error_ahead_supersedes_a_completion_still_behind_items() -> None:
+    buffer: PushBuffer[int] = PushBuffer(
+        None, 4, OverflowStrategy.DROP_NEWEST, name="test", error_ahead=True
+    )
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    buffer.attach(subscriber)
+    buffer.offer(1)
+    buffer.offer(2)
+    buffer.complete()  # not delivered yet: two items are ahead of it
+    failure = LookupError("e.g. a raising on_dropped")
+    buffer.error(failure)
+    subscriber.request(10)
+    assert subscriber.items == [] and subscriber.errors == [failure]
+    assert not subscriber.completed
+    assert buffer.stats.dropped_by_reason == {"error_ahead": 2}
+    subscriber.assert_clean()
+
+
+# -- the terminal state under races ------------------------------------------------------------
+
+
+def test_an_upstream_error_never_turns_into_completion_under_racing_requests(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    """Producer thread, two requesting threads and sometimes a cancel, switching every µs."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    late: list[Exception] = []
+    try:
+        for run in range(300):
+            late.extend(_race_once(run))
+    finally:
+        sys.setswitchinterval(previous)
+    # Only an error that came after the cancel is reported (Rule 1.7), once. One recorded
+    # just before the cancel, still waiting behind queued items, is dropped with them.
+    reported = [error for error, _ in undeliverable]
+    assert all(any(error is mine for mine in late) for error in reported)
+    assert len({id(error) for error in reported}) == len(reported)
+
+
+def _race_once(run: int) -> list[Exception]:
+    """One race; returns the error the subscriber cancelled before, if any."""
+    rng = random.Random(run)
+    emitters: list[Emitter[int]] = []
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    overflow = rng.choice([OverflowStrategy.DROP_OLDEST, OverflowStrategy.WAIT])
+    Flow.create(emitters.append, capacity=4, overflow=overflow).subscribe(subscriber)
+    (emitter,) = emitters
+    error = LookupError(f"run {run}")
+    fails = run % 2 == 0
+    cancels = run % 5 == 0
+    start = threading.Barrier(3)
+
+    def produce() -> None:
+        start.wait()
+        for i in range(30):
+            if emitter.emit(i) is OfferResult.CLOSED:
+                break
+        if fails:
+            emitter.error(error)
+        else:
+            emitter.complete()
+
+    def consume(stop_at: int | None) -> None:
+        start.wait()
+        for step in range(40):
+            if step == stop_at:
+                subscriber.cancel()
+            subscriber.request(1)
+
+    threads = [
+        threading.Thread(target=produce),
+        threading.Thread(target=consume, args=(rng.randrange(40) if cancels else None,)),
+        threading.Thread(target=consume, args=(None,)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads), run
+    if not subscriber.cancelled:
+        subscriber.request(UNBOUNDED)
+        assert subscriber.await_terminal(5)
+        if fails:
+            assert subscriber.errors == [error] and not subscriber.completed, run
+        else:
+            assert subscriber.completed and not subscriber.errors, run
+    subscriber.assert_clean()  # Rules 1.1, 1.3, 1.7
+    assert subscriber.items == sorted(subscriber.items)
+    stats = emitter.stats
+    assert stats.produced == stats.delivered + stats.dropped + stats.depth
+    assert stats.delivered == len(subscriber.items)
+    cancelled_first = subscriber.cancelled and fails and not subscriber.errors
+    return [error] if cancelled_first else []

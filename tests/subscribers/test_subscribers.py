@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
 import pytest
 
 from reactive_bp import (
@@ -187,3 +190,52 @@ def test_to_list_times_out_and_cancels() -> None:
     with pytest.raises(TimeoutError):
         Flow.never().do_on_cancel(lambda: cancelled.append(True)).to_list(timeout=0.05)
     assert cancelled == [True]
+
+
+# -- blocking sinks inside a running event loop ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sink", "instead"),
+    [
+        (lambda flow: flow.to_list(timeout=1), "await flow.to_list_async()"),
+        (lambda flow: flow.first(timeout=1), "await flow.first_async()"),
+        (lambda flow: flow.last(timeout=1), "await flow.last_async()"),
+    ],
+    ids=["to_list", "first", "last"],
+)
+def test_blocking_sinks_refuse_to_block_a_running_event_loop(
+    sink: Callable[[Flow[int]], object], instead: str
+) -> None:
+    subscribed: list[Flow[int]] = []
+
+    async def numbers() -> AsyncIterator[int]:
+        yield 1  # needs the loop that the blocking sink would block
+
+    def tracked(flow: Flow[int]) -> Flow[int]:
+        def factory() -> Flow[int]:
+            subscribed.append(flow)
+            return flow
+
+        return Flow.defer(factory)
+
+    async def main() -> None:
+        for flow in (Flow.from_async_iterable(numbers()), Flow.range(3)):
+            with pytest.raises(RuntimeError, match="would block the running event loop") as raised:
+                sink(tracked(flow))
+            assert instead in str(raised.value)
+        assert subscribed == []  # refused before subscribing: nothing to clean up
+
+    asyncio.run(main())
+
+
+def test_blocking_sinks_still_work_in_a_worker_thread_of_the_loop() -> None:
+    async def main() -> tuple[list[int], int, int]:
+        flow = Flow.range(4)
+        return (
+            await asyncio.to_thread(flow.to_list),
+            await asyncio.to_thread(flow.first),
+            await asyncio.to_thread(flow.last),
+        )
+
+    assert asyncio.run(main()) == ([0, 1, 2, 3], 0, 3)
