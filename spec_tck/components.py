@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -81,13 +82,17 @@ def _created(elements: int) -> Flow[int]:
 
     def producer(emitter: Emitter[int]) -> None:
         sent = [0]
+        # on_request callbacks may run on several requesting threads at once:
+        # one pump at a time, or two could both emit the last item.
+        lock = threading.RLock()
 
         def pump(_: int = 0) -> None:
-            while emitter.requested > 0 and sent[0] < elements and not emitter.is_cancelled:
-                emitter.emit(sent[0])
-                sent[0] += 1
-            if sent[0] >= elements:
-                emitter.complete()
+            with lock:
+                while emitter.requested > 0 and sent[0] < elements and not emitter.is_cancelled:
+                    sent[0] += 1  # first: emit may re-enter pump through on_request
+                    emitter.emit(sent[0] - 1)
+                if sent[0] >= elements:
+                    emitter.complete()
 
         emitter.on_request(pump)
         pump()  # demand may have arrived before the callback was registered

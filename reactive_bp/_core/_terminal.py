@@ -111,6 +111,8 @@ class Terminal:
         superseded: Exception | None = None
         with self._lock:
             current = self._ending
+            if current is not None and current.error is error:
+                return False  # the very error the stream already ends with: not news
             accepted = not self._closed and (current is None or (eager and not current.eager))
             if accepted:
                 self._ending = Ending(error, eager)
