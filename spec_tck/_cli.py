@@ -1,5 +1,14 @@
 """``python -m spec_tck MODULE:FACTORY``: run the publisher checks from the command line.
 
+One line per check is printed as soon as the check finishes; a result a late violation
+changes afterwards gets a second line (``failed  (late) ...``). The failed checks follow
+in full, then one summary line.
+
+The code under test never runs in this process (see ``_isolate``): a child process runs
+the checks and streams their results; once a check hung, each remaining check runs in a
+process of its own (``--isolate`` does that from the start). Without ``os.fork`` the checks
+run in this process.
+
 Exit status: 0 when no required check failed, 1 when one did, 2 for a usage error (the
 reason is one line on stderr, never a traceback).
 """
@@ -10,6 +19,7 @@ import argparse
 import importlib
 import inspect
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -19,12 +29,15 @@ from typing import IO, NoReturn
 from reactive_bp._core._demand import UNBOUNDED
 
 from ._env import TestEnvironment
+from ._isolate import ChildRunner, available
 from ._publisher import PublisherVerification
-from ._rules import RuleResult
+from ._rules import RuleCase, RuleResult
 
-__all__ = ["main"]
+__all__ = ["main", "summary_line"]
 
 _STATUSES = ("passed", "failed", "skipped", "untested")
+_NO_LOOP = "no running event loop"
+_DEFAULT_MAX_MEMORY_MB = 1024.0
 
 
 class UsageError(Exception):
@@ -65,6 +78,24 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout-ms", type=float, metavar="N", help="default timeout of every wait"
     )
     parser.add_argument(
+        "--quiet-ms",
+        type=float,
+        metavar="N",
+        help="final window watched for late signals after the last check (default 100)",
+    )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run every check in a process of its own (the default once a check hung)",
+    )
+    parser.add_argument(
+        "--max-memory-mb",
+        type=float,
+        metavar="N",
+        default=_DEFAULT_MAX_MEMORY_MB,
+        help=f"kill a check whose process grows past N MB (default {_DEFAULT_MAX_MEMORY_MB:g})",
+    )
+    parser.add_argument(
         "--json", metavar="PATH", help="also write the results as JSON to PATH ('-' for stdout)"
     )
     parser.add_argument(
@@ -76,17 +107,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(spec: str, option: str) -> Callable[..., object]:
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise UsageError(f"{option} must look like MODULE:FACTORY, got {spec!r}")
+def _suggestion(spec: str) -> str:
+    """``; did you mean 'mod:factory'?`` when ``spec`` is ``mod.factory`` and that exists."""
+    module_name, _, attribute = spec.rpartition(".")
+    if not module_name or not attribute:
+        return ""
     try:
         module = importlib.import_module(module_name)
     except BaseException as error:
         if isinstance(error, KeyboardInterrupt):
             raise
+        return ""
+    return f"; did you mean '{module_name}:{attribute}'?" if hasattr(module, attribute) else ""
+
+
+def _load(spec: str, option: str) -> Callable[..., object]:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(f"{option} must look like MODULE:FACTORY, got {spec!r}{_suggestion(spec)}")
+    try:
+        module = importlib.import_module(module_name)
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        if isinstance(error, ModuleNotFoundError) and error.name == module_name:
+            raise UsageError(
+                f"no module named {module_name!r} (run from the directory that contains it, "
+                "or add that directory to PYTHONPATH)"
+            ) from None
         raise UsageError(
-            f"cannot import module {module_name!r}: {type(error).__name__}: {error}"
+            f"importing {module_name!r} failed: {type(error).__name__}: {error}"
         ) from None
     target: object = module
     for part in attribute.split("."):
@@ -134,11 +184,94 @@ def _verification(
     return CommandLineVerification(env)
 
 
-def _print_table(results: Sequence[RuleResult], out: IO[str]) -> None:
-    width = max((len(r.id) for r in results), default=10)
-    for result in results:
+# -- what the CLI user typed, instead of the verification's method names --------------------
+
+
+def _cli_words(args: argparse.Namespace) -> Callable[[str], str]:
+    """Rewrite a message so it names the command line's options, not the knob methods."""
+    factory = args.target.partition(":")[2] or "FACTORY"
+    failed = args.failed.partition(":")[2] if args.failed else None
+    replacements: list[tuple[re.Pattern[str], str]] = [
+        (
+            re.compile(r"create_failed_publisher\(\) returned None"),
+            "no --failed MODULE:FACTORY was given",
+        ),
+        (re.compile(r"max_elements_from_publisher\(\) is (\d+)"), r"--max-elements is \1"),
+        (
+            re.compile(r"max_elements_from_publisher\(\) == 2\*\*63-1"),
+            "--max-elements 9223372036854775807",
+        ),
+        (re.compile(r"max_elements_from_publisher\(\)"), "--max-elements"),
+        (re.compile(r"create_publisher\("), f"{factory}("),
+    ]
+    if failed is not None:
+        replacements.append((re.compile(r"create_failed_publisher\(\)"), f"{failed}()"))
+    else:
+        replacements.append((re.compile(r"create_failed_publisher\(\)"), "--failed"))
+
+    def rewrite(message: str) -> str:
+        for pattern, replacement in replacements:
+            message = pattern.sub(replacement, message)
+        return message
+
+    return rewrite
+
+
+class _Report:
+    """Prints one row per finished check as it arrives, then the full failures and summary."""
+
+    def __init__(
+        self, cases: Sequence[RuleCase], out: IO[str], words: Callable[[str], str]
+    ) -> None:
+        self.order = [case.id for case in cases]
+        self._width = max((len(case.id) for case in cases), default=10)
+        self._out = out
+        self._words = words
+        self.results: dict[str, RuleResult] = {}
+        self.notes: list[str] = []
+
+    def _cli(self, result: RuleResult) -> RuleResult:
+        message = self._words(result.message)
+        if message == result.message:
+            return result
+        return RuleResult(
+            id=result.id,
+            kind=result.kind,
+            rule=result.rule,
+            status=result.status,
+            message=message,
+            duration_s=result.duration_s,
+        )
+
+    def _row(self, result: RuleResult, status: str) -> None:
         first = result.message.partition("\n")[0]
-        print(f"{result.id:<{width}}  {result.status:<8}  {first}".rstrip(), file=out)
+        print(f"{result.id:<{self._width}}  {status:<8}  {first}".rstrip(), file=self._out)
+        self._out.flush()
+
+    def result(self, result: RuleResult) -> None:
+        """A check finished."""
+        result = self._cli(result)
+        self.results[result.id] = result
+        self._row(result, result.status)
+
+    def late(self, result: RuleResult) -> None:
+        """An earlier result turned to failed (a late violation)."""
+        result = self._cli(result)
+        self.results[result.id] = result
+        self._row(result, "failed")
+
+    def note(self, text: str) -> None:
+        """A line about the run itself (not about a check)."""
+        self.notes.append(text)
+        print(f"spec_tck: {text}", file=self._out)
+        self._out.flush()
+
+    def ordered(self) -> list[RuleResult]:
+        """Every result, in check order."""
+        return [self.results[i] for i in self.order if i in self.results]
+
+
+def _print_failures(results: Sequence[RuleResult], out: IO[str]) -> None:
     failures = [r for r in results if r.status == "failed"]
     if failures:
         print("\nfailed checks in full:", file=out)
@@ -154,11 +287,39 @@ def summary_line(results: Sequence[RuleResult], seconds: float) -> str:
     return f"spec_tck summary: {parts} time={seconds:.2f}s verdict={verdict}"
 
 
+def _run_in_process(verification: PublisherVerification[object], report: _Report) -> None:
+    for rule_id in report.order:
+        report.result(verification.run_rule(rule_id))
+        for late in verification.take_late_failures():
+            report.late(late)
+    for late in verification.finish():
+        report.late(late)
+
+
+def _run_in_children(
+    verification: PublisherVerification[object], report: _Report, *, isolate: bool, memory: float
+) -> None:
+    runner = ChildRunner(
+        verification, on_result=report.result, on_late=report.late, max_memory_mb=memory
+    )
+    remaining = list(report.order)
+    if not isolate:
+        remaining, why = runner.run(remaining, stop_on_taint=True)
+        if remaining:
+            count = f"{len(remaining)} check{'s' if len(remaining) > 1 else ''}"
+            report.note(
+                f"note: {why or 'a check could not finish'}; running the remaining {count} "
+                "each in a process of its own (as with --isolate)"
+            )
+    for rule_id in remaining:
+        runner.run([rule_id], stop_on_taint=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     try:
         args = _parser().parse_args(argv)
-        factory = _load(args.target, "MODULE:FACTORY")
+        factory = _load(args.target, "the publisher factory")
         _check_arity(factory, args.target, (0,))
         failed = None
         if args.failed:
@@ -168,7 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--max-elements must be >= 0")
         if args.timeout_ms is not None and args.timeout_ms <= 0:
             raise UsageError("--timeout-ms must be > 0")
-        env = TestEnvironment(default_timeout_ms=args.timeout_ms)
+        if args.quiet_ms is not None and args.quiet_ms < 0:
+            raise UsageError("--quiet-ms must be >= 0")
+        if args.max_memory_mb <= 0:
+            raise UsageError("--max-memory-mb must be > 0")
+        env = TestEnvironment(default_timeout_ms=args.timeout_ms, quiet_ms=args.quiet_ms)
         verification = _verification(factory, failed, args.max_elements, args.asyncio, env)
         cases = verification.select(args.rule)
         if not cases:
@@ -180,18 +345,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spec_tck: error: {error}", file=sys.stderr)
         return 2
 
-    started = time.monotonic()
-    results = [verification.run_rule(case.id) for case in cases]
-    seconds = time.monotonic() - started
     to_stdout_json = args.json == "-"
     table_out = sys.stderr if to_stdout_json else sys.stdout
-    _print_table(results, table_out)
+    report = _Report(cases, table_out, _cli_words(args))
+    started = time.monotonic()
+    if available():
+        _run_in_children(verification, report, isolate=args.isolate, memory=args.max_memory_mb)
+    else:
+        _run_in_process(verification, report)
+    seconds = time.monotonic() - started
+    results = report.ordered()
+    _print_failures(results, table_out)
+    no_loop = [r for r in results if r.status == "failed" and _NO_LOOP in r.message]
+    if no_loop and not args.asyncio:
+        print(
+            f"\nspec_tck: hint: {len(no_loop)} checks failed with '{_NO_LOOP}': this looks "
+            "like an asyncio publisher: add --asyncio",
+            file=table_out,
+        )
     print(summary_line(results, seconds), file=table_out)
     if args.json:
         document = {
             "target": args.target,
             "summary": dict(Counter(r.status for r in results)),
             "seconds": round(seconds, 3),
+            "notes": report.notes,
             "results": [r.to_json() for r in results],
         }
         text = json.dumps(document, indent=2)

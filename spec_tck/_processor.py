@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import threading
 import time
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from reactive_bp._core._demand import UNBOUNDED, add_cap, check_request
 
-from ._env import ManualPublisher, ManualSubscriber, SkipCheck, WhiteboxSubscriberProbe
+from ._env import (
+    ManualPublisher,
+    ManualSubscriber,
+    SkipCheck,
+    TestEnvironment,
+    WhiteboxSubscriberProbe,
+)
 from ._publisher import PublisherVerification
+from ._rules import RuleResult
 from ._subscriber import SubscriberWhiteboxVerification, TestSignalError
 
 if TYPE_CHECKING:
     from reactive_bp.abc import Processor, Publisher, Subscriber, Subscription
 
-__all__ = ["HelperPublisher", "IdentityProcessorVerification"]
+__all__ = ["HelperPool", "HelperPublisher", "IdentityProcessorVerification"]
 
 T = TypeVar("T")
 
@@ -39,8 +49,9 @@ class IdentityProcessorVerification(
     ``processor_buffer_size()``, ``create_helper_publisher(elements)`` and every
     ``PublisherVerification`` knob.
 
-    The publisher checks feed the processor from ``create_helper_publisher``, a synchronous
-    publisher of ``create_element(0..n-1)``. The subscriber checks attach a probe downstream:
+    The publisher checks feed the processor from ``create_helper_publisher``, an
+    asynchronous publisher of ``create_element(0..n-1)`` (a thread pool, or the event loop
+    with ``asyncio = True``). The subscriber checks attach a probe downstream:
     ``trigger_request(n)`` becomes a downstream ``request(n)``, so they also check that
     demand and cancellation pass through to upstream.
     """
@@ -61,14 +72,51 @@ class IdentityProcessorVerification(
         """Whether the processor emits only when every subscriber has demand."""
         return False
 
+    def __init__(self, env: TestEnvironment | None = None) -> None:
+        """Create a verification; ``env`` defaults to one configured from env vars."""
+        super().__init__(env)
+        # The helper publishers of the running check and the pool they signal from; both
+        # are closed when the check returns (run_rule).
+        self._helpers: list[HelperPublisher[T]] = []
+        self._helper_pool: HelperPool | None = None
+
     def create_helper_publisher(self, elements: int) -> Publisher[T]:
-        """The upstream of the processor in the publisher checks."""
-        return HelperPublisher(
+        """The upstream of the processor in the publisher checks: an asynchronous publisher.
+
+        It signals from a pool of 4 threads (as the JVM kit's helper does), or, with
+        ``asyncio = True``, from callbacks on the check's event loop. Override it to feed
+        the processor from something else, e.g. ``HelperPublisher(elements, make)`` without
+        ``execute`` for a synchronous upstream.
+        """
+        helper = HelperPublisher(
             elements,
             self.create_element,
-            budget_s=max(2.0, 5 * self.env.default_timeout_s),
+            budget_s=0.5 * self.env.call_budget_s,  # ends before the kit counts the call hung
             on_overrun=self.env.flop,
+            execute=self._helper_execute(),
         )
+        self._helpers.append(helper)
+        return helper
+
+    def _helper_execute(self) -> Execute:
+        if type(self).asyncio:
+            with contextlib.suppress(RuntimeError):  # called off the loop: use the pool
+                return asyncio.get_running_loop().call_soon_threadsafe
+        if self._helper_pool is None:
+            self._helper_pool = HelperPool()
+        return self._helper_pool.execute
+
+    def run_rule(self, rule_id: str) -> RuleResult:
+        """Run one check; then stop the helper publishers it created and their threads."""
+        try:
+            return super().run_rule(rule_id)
+        finally:
+            helpers, self._helpers = self._helpers, []
+            for helper in helpers:
+                helper.close()
+            pool, self._helper_pool = self._helper_pool, None
+            if pool is not None:
+                pool.shutdown(self.env.default_timeout_s)
 
     # -- the two views of the processor (final) --------------------------------------------
 
@@ -223,16 +271,89 @@ class _ProbeSubscriber(Generic[T]):
         self._probe.register_on_complete()
 
 
-class HelperPublisher(Generic[T]):
-    """A synchronous, spec-compliant publisher of ``make(0) .. make(elements - 1)``.
+Execute = Callable[[Callable[[], None]], object]
+"""Runs a task later, elsewhere: ``HelperPool.execute``, ``loop.call_soon_threadsafe``."""
 
-    ``elements == 2**63 - 1`` is an infinite stream. Nested ``request`` calls only add
-    demand; the outermost one emits (Rule 3.3 depth 1).
 
-    With ``budget_s``, a subscription that is still emitting that long after subscribe
-    stops and reports through ``on_overrun``: a processor that never cancels its upstream
-    would otherwise keep a synchronous helper emitting forever.
+class HelperPool:
+    """A fixed pool of daemon threads running tasks in submission order.
+
+    The asynchronous context of the kit's helper publisher, as the JVM kit's helper runs on
+    an ``ExecutorService`` of 4 threads. Threads start on the first task; ``shutdown``
+    ends them (a task already running is waited for, up to a timeout).
     """
+
+    def __init__(self, workers: int = 4, name: str = "spec_tck-helper") -> None:
+        """Create a pool of at most ``workers`` threads named ``name``."""
+        self._workers = workers
+        self._name = name
+        self._cond = threading.Condition()
+        # Invariant (under _cond): tasks run in submission order; _closed is set once.
+        self._tasks: deque[Callable[[], None]] = deque()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def execute(self, task: Callable[[], None]) -> None:
+        """Run ``task`` on a pool thread; a closed pool drops it."""
+        with self._cond:
+            if self._closed:
+                return
+            self._tasks.append(task)
+            if len(self._threads) < self._workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._tasks and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                task = self._tasks.popleft()
+            # A task reports its own failures (HelperPublisher does); the pool keeps going.
+            with contextlib.suppress(BaseException):
+                task()
+
+    def shutdown(self, timeout_s: float) -> bool:
+        """Drop pending tasks, end the threads; ``False`` if one still runs after the timeout."""
+        with self._cond:
+            self._closed = True
+            self._tasks.clear()
+            self._cond.notify_all()
+            threads = list(self._threads)
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+
+class HelperPublisher(Generic[T]):
+    """A spec-compliant publisher of ``make(0) .. make(elements - 1)``, then ``on_complete``.
+
+    ``elements == 2**63 - 1`` is an infinite stream; ``0`` completes without a request.
+
+    With ``execute``, every signal (``on_subscribe`` too) is sent from a task it runs: the
+    publisher is asynchronous, like the JVM kit's helper (an ``AsyncIterablePublisher`` on a
+    thread pool). ``request`` and ``cancel`` only record and schedule. One task at a time
+    signals a subscription (Rule 1.3), and a task sends at most ``BATCH`` items before it
+    schedules the next one, so an endless subscription does not hold a thread. A signal that
+    raises ends the subscription and is reported through ``on_overrun`` (Rule 2.13).
+
+    Without ``execute`` it is synchronous: it signals from ``subscribe`` and ``request``;
+    nested ``request`` calls only add demand and the outermost one emits (Rule 3.3, depth 1).
+
+    With ``budget_s``, a subscription still emitting that long after ``subscribe`` stops and
+    reports through ``on_overrun``: a processor that never cancels its upstream would
+    otherwise keep the helper emitting forever. ``close()`` ends every subscription silently.
+    """
+
+    BATCH = 128
 
     def __init__(
         self,
@@ -241,12 +362,15 @@ class HelperPublisher(Generic[T]):
         *,
         budget_s: float | None = None,
         on_overrun: Callable[[str], None] | None = None,
+        execute: Execute | None = None,
     ) -> None:
         """Create a publisher of ``elements`` items made by ``make(index)``."""
         self._elements = elements
         self._make = make
         self._budget_s = budget_s
         self._on_overrun = on_overrun
+        self._execute = execute
+        self._subscriptions: list[_HelperSubscription[T]] = []
 
     def subscribe(self, subscriber: Subscriber[T]) -> None:
         """Attach ``subscriber`` (Rule 1.9)."""
@@ -254,11 +378,16 @@ class HelperPublisher(Generic[T]):
             raise TypeError("subscribe(None): Rule 1.9")
         deadline = None if self._budget_s is None else time.monotonic() + self._budget_s
         subscription = _HelperSubscription(
-            subscriber, self._elements, self._make, deadline, self._on_overrun
+            subscriber, self._elements, self._make, deadline, self._on_overrun, self._execute
         )
-        subscriber.on_subscribe(subscription)
-        if self._elements == 0:
-            subscription._drain()
+        self._subscriptions.append(subscription)
+        subscription._start()
+
+    def close(self) -> None:
+        """End every subscription without a further signal (the kit's cleanup)."""
+        for subscription in self._subscriptions:
+            subscription._stop()
+        self._subscriptions.clear()
 
 
 class _HelperSubscription(Generic[T]):
@@ -267,21 +396,27 @@ class _HelperSubscription(Generic[T]):
         subscriber: Subscriber[T],
         elements: int,
         make: Callable[[int], T],
-        deadline: float | None = None,
-        on_overrun: Callable[[str], None] | None = None,
+        deadline: float | None,
+        on_overrun: Callable[[str], None] | None,
+        execute: Execute | None,
     ) -> None:
         self._deadline = deadline
         self._on_overrun = on_overrun
+        self._execute = execute
         self._lock = threading.Lock()
-        # Invariant (under _lock): _subscriber is None once done; only the thread that set
-        # _emitting signals.
+        # Invariant (under _lock): _subscriber is None once done, cancelled or stopped
+        # (Rule 3.13); while _busy, only the one drain running or scheduled signals.
         self._subscriber: Subscriber[T] | None = subscriber
+        self._subscribed = False
         self._elements = elements
         self._make = make
         self._index = 0
         self._demand = 0
-        self._emitting = False
+        self._busy = True  # the first drain delivers on_subscribe
         self._error: Exception | None = None
+
+    def _start(self) -> None:
+        self._schedule()
 
     def request(self, n: int) -> None:
         error = check_request(n)
@@ -292,47 +427,87 @@ class _HelperSubscription(Generic[T]):
                 self._error = error
             else:
                 self._demand = add_cap(self._demand, n)
-        self._drain()
+            if self._busy:
+                return  # the running drain sends it (Rule 3.3)
+            self._busy = True
+        self._schedule()
 
     def cancel(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
         with self._lock:
-            self._subscriber = None  # Rule 3.13
+            self._subscriber = None
+
+    def _schedule(self) -> None:
+        if self._execute is None:
+            self._drain()
+            return
+        try:
+            self._execute(self._drain)
+        except RuntimeError:  # the check's event loop is closed: the check is over
+            self._stop()
 
     def _drain(self) -> None:
-        with self._lock:
-            if self._emitting:
-                return
-            self._emitting = True
+        try:
+            self._drain_batch()
+        except Exception as error:
+            if self._execute is None:
+                raise  # synchronous: the caller of subscribe()/request() sees it
+            with self._lock:
+                self._subscriber = None
+                self._busy = False
+            if self._on_overrun is not None:
+                self._on_overrun(
+                    f"Rule 2.13: a signal from the kit's helper publisher to the processor "
+                    f"under test raised {type(error).__name__}: {error}"
+                )
+
+    def _drain_batch(self) -> None:
+        budget = UNBOUNDED if self._execute is None else HelperPublisher.BATCH
         while True:
             with self._lock:
                 subscriber = self._subscriber
                 if subscriber is None:
-                    self._emitting = False
+                    self._busy = False
                     return
-                error, self._error = self._error, None
-                done = self._index >= self._elements and self._elements != UNBOUNDED
-                if error is not None or done:
-                    self._subscriber = None
-                    self._emitting = False
-                elif self._demand == 0:
-                    self._emitting = False
-                    return
-                else:
-                    index = self._index
-                    self._index += 1
-                    if self._demand != UNBOUNDED:
-                        self._demand -= 1
-                    if index % 1024 == 1023 and self._overran():
+                first = not self._subscribed
+                self._subscribed = True
+                index = -1
+                error: Exception | None = None
+                done = False
+                if not first:
+                    error, self._error = self._error, None
+                    done = self._index >= self._elements and self._elements != UNBOUNDED
+                    if error is not None or done:
                         self._subscriber = None
-                        self._emitting = False
+                        self._busy = False
+                    elif self._demand == 0:
+                        self._busy = False
                         return
-            if error is not None:
+                    elif budget == 0:
+                        break  # stays busy: the next task goes on
+                    else:
+                        budget -= 1
+                        index = self._index
+                        self._index += 1
+                        if self._demand != UNBOUNDED:
+                            self._demand -= 1
+                        if index % 1024 == 1023 and self._overran():
+                            self._subscriber = None
+                            self._busy = False
+                            return
+            if first:
+                subscriber.on_subscribe(self)
+            elif error is not None:
                 subscriber.on_error(error)
                 return
-            if done:
+            elif done:
                 subscriber.on_complete()
                 return
-            subscriber.on_next(self._make(index))
+            else:
+                subscriber.on_next(self._make(index))
+        self._schedule()
 
     def _overran(self) -> bool:
         if self._deadline is None or time.monotonic() < self._deadline:

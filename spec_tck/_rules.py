@@ -53,7 +53,8 @@ RULE_TEXTS: Final[dict[str, str]] = {
     "1.8": "After cancel() signals eventually stop.",
     "1.9": (
         "subscribe() calls on_subscribe before any other signal and returns normally; "
-        "subscribe(None) raises TypeError; any other rejection is on_error after on_subscribe."
+        "subscribe(None) raises (TypeError recommended); any other rejection is on_error "
+        "after on_subscribe."
     ),
     "1.10": "subscribe() may be called many times, each time with a different subscriber.",
     "1.11": "A publisher may support several subscribers (unicast or multicast).",

@@ -519,3 +519,221 @@ class RaisingFailedPublisher:
 
     def subscribe(self, subscriber: Any) -> None:
         raise RuntimeError("cannot serve")
+
+
+# -- JVM-parity samples (docs/verify-your-publisher.md, "Deliberate differences") -----------
+
+
+class AttributeErrorOnNoneSubscriberPublisher(SyncRangePublisher):
+    """Rule 1.9 met the Python way: subscribe(None) fails on None.on_subscribe.
+
+    Raises AttributeError, not the recommended TypeError (rsocket-py does this).
+    """
+
+    def subscribe(self, subscriber: Any) -> None:
+        subscription = self.subscription_type(subscriber, self.count)
+        subscriber.on_subscribe(subscription)  # AttributeError for None
+        if self.count == 0:
+            subscription.drain()
+
+
+class _StallsPastUnbounded(SyncSubscription):
+    def add_demand(self, n: int) -> None:
+        if self.demand + n > MAX:
+            self.demand = 0  # a wrapped counter: no error, but the items stop
+        else:
+            self.demand += n
+
+
+class StallsPastUnboundedPublisher(SyncRangePublisher):
+    """Rule 3.17 (optional part): demand past 2**63-1 silently stops the items, no on_error."""
+
+    subscription_type = _StallsPastUnbounded
+
+
+class LockStepMulticastPublisher:
+    """Rule 1.11: multicasts one shared sequence, an item only when every subscriber has demand.
+
+    Passes when the subscribers request in rounds of one each; stalls under the JVM kit's
+    staggered demand, where one subscriber asks while the others have none.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.lock = threading.RLock()
+        self.subscribers: list[Any] = []
+        self.demand: dict[int, int] = {}
+        self.index = 0
+        self.done = False
+
+    def subscribe(self, subscriber: Any) -> None:
+        if subscriber is None:
+            raise TypeError("subscribe(None)")
+        with self.lock:
+            self.subscribers.append(subscriber)
+            self.demand[id(subscriber)] = 0
+        subscriber.on_subscribe(_LockStepSubscription(self, subscriber))
+        self.pump()
+
+    def pump(self) -> None:
+        with self.lock:
+            while not self.done and self.subscribers:
+                if self.index >= self.count:
+                    self.done = True
+                    for subscriber in self.subscribers:
+                        subscriber.on_complete()
+                    return
+                if any(self.demand[id(s)] <= 0 for s in self.subscribers):
+                    return
+                item = self.index
+                self.index += 1
+                for subscriber in self.subscribers:
+                    self.demand[id(subscriber)] -= 1
+                    subscriber.on_next(item)
+
+
+class _LockStepSubscription:
+    def __init__(self, publisher: LockStepMulticastPublisher, subscriber: Any) -> None:
+        self.publisher = publisher
+        self.subscriber = subscriber
+
+    def request(self, n: int) -> None:
+        error = request_error(n)
+        publisher = self.publisher
+        with publisher.lock:
+            if self.subscriber not in publisher.subscribers:
+                return
+            if error is not None:
+                publisher.subscribers.remove(self.subscriber)
+                self.subscriber.on_error(error)
+                return
+            key = id(self.subscriber)
+            publisher.demand[key] = min(MAX, publisher.demand[key] + n)
+        publisher.pump()
+
+    def cancel(self) -> None:
+        publisher = self.publisher
+        with publisher.lock:
+            if self.subscriber in publisher.subscribers:
+                publisher.subscribers.remove(self.subscriber)
+
+
+# == broken publishers the kit must survive: late, blocking, spinning =========================
+#
+# Each of these once made the kit hang, run away with memory, or pass. They must fail on the
+# right rule, in bounded time and memory.
+
+LATE_S: Final = 0.03
+# Released by the tests' teardown: a thread blocked on it wakes up and hits the exception
+# the kit raised into it (so no blocked thread outlives the test session).
+RELEASE_BLOCKED: Final = threading.Event()
+
+
+def _later(delay_s: float, fn: Any, *args: Any) -> None:
+    timer = threading.Timer(delay_s, fn, args=args)
+    timer.daemon = True
+    timer.start()
+
+
+class _CompletesAgainLater(SyncSubscription):
+    delay_s = LATE_S
+
+    def signal_complete(self, subscriber: Any) -> None:
+        subscriber.on_complete()
+        _later(self.delay_s, subscriber.on_complete)  # from a timer thread, after the check
+
+
+class LateCompleteAgainPublisher(SyncRangePublisher):
+    """Rule 1.7, late: a second on_complete 30 ms after the first, from a timer thread."""
+
+    subscription_type = _CompletesAgainLater
+
+
+class _OneMoreAfterCancel(SyncSubscription):
+    delay_s = LATE_S
+
+    def cancel(self) -> None:
+        with self.lock:
+            subscriber, self.subscriber = self.subscriber, None
+            item = self.index
+        if subscriber is not None:
+            _later(self.delay_s, subscriber.on_next, item)  # one more item, beyond any demand
+
+
+class LateItemAfterCancelPublisher(SyncRangePublisher):
+    """Rules 1.1/3.6, late: one more item 30 ms after cancel(), from a timer thread."""
+
+    subscription_type = _OneMoreAfterCancel
+
+
+class BlockingSubscribePublisher(SyncRangePublisher):
+    """Rule 1.9: subscribe() blocks (a connect that never completes) and never returns."""
+
+    def subscribe(self, subscriber: Any) -> None:
+        RELEASE_BLOCKED.wait()  # parked in C: the kit cannot interrupt this
+        super().subscribe(subscriber)
+
+
+class _BlockingRequest(SyncSubscription):
+    def request(self, n: int) -> None:
+        RELEASE_BLOCKED.wait()
+        super().request(n)
+
+
+class BlockingRequestPublisher(SyncRangePublisher):
+    """Rule 3.4: request() blocks and never returns."""
+
+    subscription_type = _BlockingRequest
+
+
+class _BlockingCancel(SyncSubscription):
+    def cancel(self) -> None:
+        RELEASE_BLOCKED.wait()
+        super().cancel()
+
+
+class BlockingCancelPublisher(SyncRangePublisher):
+    """Rule 3.5: cancel() blocks and never returns."""
+
+    subscription_type = _BlockingCancel
+
+
+class _SpinsAfterComplete(SyncSubscription):
+    def signal_complete(self, subscriber: Any) -> None:
+        subscriber.on_complete()
+        with self.lock:
+            self.count = MAX  # forgets it completed ...
+            self.subscriber = subscriber
+        self.drain()  # ... and serves what demand is left, forever with request-from-on_next
+
+
+class SpinsAfterCompletePublisher(SyncRangePublisher):
+    """Rule 1.7: keeps signalling on the calling thread after on_complete.
+
+    One item per unit of demand, in a loop: with a subscriber that requests from on_next
+    (Rules 1.3, 3.17 checks) that loop never ends.
+    """
+
+    subscription_type = _SpinsAfterComplete
+
+
+class _LoopBlockingSubscription(AsyncioSubscription):
+    def _on_request(self, n: int) -> None:
+        self.loop.call_soon(self._fill)  # the first request starts buffering "the source"
+
+    def _fill(self) -> None:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()  # unbounded
+        while True:  # drains an endless source on the loop thread: the loop never runs again
+            queue.put_nowait(bytes(160))  # about 100 MB/s (fewer on a busy machine)
+
+
+class LoopBlockingPublisher(AsyncioRangePublisher):
+    """Blocks the event loop: drains an endless source into an unbounded queue on it.
+
+    Memory grows by about 100 MB/s for as long as the loop thread runs.
+    """
+
+    def subscribe(self, subscriber: Any) -> None:
+        if subscriber is None:
+            raise TypeError("subscribe(None)")
+        subscriber.on_subscribe(_LoopBlockingSubscription(subscriber, self.count, self.loop))

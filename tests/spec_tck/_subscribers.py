@@ -351,3 +351,62 @@ class KeepsUpstreamOnCancelProcessor(IdentityProcessor):
 
     def forward_cancel(self, upstream: Any) -> None:
         pass
+
+
+# -- JVM-parity samples (docs/verify-your-publisher.md, "Deliberate differences") -----------
+
+
+class HundredItemBuffer(BatchingSubscriber):
+    """Rule 2.13: asks for everything, but its buffer holds 100 items; the 101st raises.
+
+    The JVM kit's blackbox 2.1 sends up to 512 of the requested items, enough to show it.
+    """
+
+    def more(self) -> None:
+        self.subscription.request(MAX)
+
+    def on_next(self, item: object) -> None:
+        if item is None:
+            raise TypeError("on_next(None)")
+        if len(self.items) >= 100:
+            raise OverflowError("buffer of 100 items is full")
+        self.items.append(item)
+
+
+class CancelsAfterFive(BatchingSubscriber):
+    """Asks for everything and cancels after 5 items (legal); counts what came after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_cancel = 0
+
+    def more(self) -> None:
+        self.subscription.request(MAX)
+
+    def on_next(self, item: object) -> None:
+        if item is None:
+            raise TypeError("on_next(None)")
+        if self.done:
+            self.after_cancel += 1
+            return
+        self.items.append(item)
+        if len(self.items) == 5:
+            self.done = True
+            self.subscription.cancel()
+
+
+class PassesOnOnlyWhenRequestedProcessor(IdentityProcessor):
+    """Assumes a synchronous upstream: an item is passed on only when downstream requests.
+
+    Its on_next queues without draining; the drain after forwarding a request delivers what
+    the upstream sent *during* that request. Right for a synchronous upstream, wrong for an
+    asynchronous one (items that arrive later wait for the next request).
+    """
+
+    def on_next(self, item: object) -> None:
+        if item is None:
+            raise TypeError("on_next(None)")
+        with self.lock:
+            if self.done or self.cancelled:
+                return
+            self.queue.append(item)

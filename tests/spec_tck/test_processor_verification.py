@@ -6,8 +6,14 @@ from typing import Any
 
 import pytest
 
-from reactive_bp.abc import Processor
-from spec_tck import IdentityProcessorVerification, TestEnvironment
+from reactive_bp.abc import Processor, Publisher
+from spec_tck import (
+    IdentityProcessorVerification,
+    PublisherVerification,
+    TestEnvironment,
+    format_results,
+)
+from spec_tck._processor import HelperPool, HelperPublisher
 
 from . import _subscribers as subs
 
@@ -43,7 +49,7 @@ def processor(factory: Any) -> IdentityProcessorVerification[int]:
 
 def test_processor_catalogue_is_both_suites_plus_three() -> None:
     cases = IdentityProcessorVerification.rule_cases()
-    assert len(cases) == 38 + 27 + 3
+    assert len(cases) == 40 + 27 + 3
     assert len({c.id for c in cases}) == len(cases)
 
 
@@ -66,17 +72,77 @@ BROKEN = [
         "expected the subscriber to call cancel()",
     ),
     (
-        subs.KeepsUpstreamOnCancelProcessor,
-        "required_spec317_must_not_signal_on_error_when_pending_above_unbounded",
-        "never cancelled its upstream",
+        subs.PassesOnOnlyWhenRequestedProcessor,
+        "required_spec101_subscription_request_must_result_in_the_correct_number_of_produced_"
+        "elements",
+        "Rule 1.1: after request(1)",
     ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("factory", "check", "text"), BROKEN, ids=["swallows-errors", "no-cancel", "no-cancel-317"]
+    ("factory", "check", "text"),
+    BROKEN,
+    ids=["swallows-errors", "no-cancel", "assumes-synchronous-upstream"],
 )
 def test_broken_processor_fails_the_right_check(factory: Any, check: str, text: str) -> None:
     (result,) = processor(factory).run([check])
     assert result.status == "failed", result
     assert text in result.message
+
+
+def test_the_helper_publisher_is_asynchronous_like_the_jvm_kits() -> None:
+    """The processor is fed from other threads; a processor that assumes its upstream
+    signals inside request() passes only with a synchronous helper."""
+    verification = processor(subs.IdentityProcessor)
+    assert verification.run(["required_spec101"])[0].status == "passed"
+    assert verification._saw_foreign_signal is True
+
+    class SynchronousUpstream(IdentityProcessorVerification[int]):
+        def create_identity_processor(self, buffer_size: int) -> Processor[int, int]:
+            return subs.PassesOnOnlyWhenRequestedProcessor()
+
+        def create_element(self, index: int) -> int:
+            return index
+
+        def create_helper_publisher(self, elements: int) -> Publisher[int]:
+            return HelperPublisher(elements, self.create_element)
+
+    env = TestEnvironment(default_timeout_ms=250, no_signals_timeout_ms=30)
+    selection = ["required_create_publisher3", "required_spec101", "required_spec105"]
+    with_sync = SynchronousUpstream(env).run(selection)
+    assert [r for r in with_sync if r.status == "failed"] == [], format_results(with_sync)
+    results = processor(subs.PassesOnOnlyWhenRequestedProcessor).run(selection)
+    assert {r.status for r in results} == {"failed"}, format_results(results)
+
+
+def test_a_processor_that_never_cancels_upstream_leaves_no_helper_running() -> None:
+    """The helper stops when the check returns (its threads too: the autouse fixture checks)."""
+    (result,) = processor(subs.KeepsUpstreamOnCancelProcessor).run(
+        ["required_spec317_must_not_signal_on_error_when_pending_above_unbounded"]
+    )
+    assert result.status == "passed", result
+
+
+class _Pooled(PublisherVerification[int]):
+    """The helper publisher itself, checked as a publisher in both modes."""
+
+    pool: HelperPool | None = None
+
+    def create_publisher(self, elements: int) -> Publisher[int]:
+        execute = None if self.pool is None else self.pool.execute
+        return HelperPublisher(elements, lambda index: index, execute=execute)
+
+
+@pytest.mark.parametrize("pooled", [True, False], ids=["pool", "synchronous"])
+def test_the_helper_publisher_passes_the_publisher_checks(pooled: bool) -> None:
+    verification = _Pooled(TestEnvironment(default_timeout_ms=500, no_signals_timeout_ms=30))
+    pool = HelperPool() if pooled else None
+    verification.pool = pool
+    try:
+        results = verification.run()
+    finally:
+        if pool is not None:
+            assert pool.shutdown(1.0)
+    others = [r for r in results if r.status not in ("passed", "untested")]
+    assert all("create_failed_publisher() returned None" in r.message for r in others), others

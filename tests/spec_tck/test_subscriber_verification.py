@@ -116,6 +116,11 @@ BLACKBOX_BROKEN = [
         "on_next(None) returned normally",
     ),
     (
+        subs.HundredItemBuffer,
+        "required_spec201_blackbox_must_signal_demand_via_subscription_request",
+        "Rule 2.13: on_next(100) raised OverflowError",
+    ),
+    (
         subs.RaisesInOnError,
         "required_spec210_blackbox_must_be_prepared_to_receive_an_on_error_signal_without_"
         "preceding_request_call",
@@ -176,3 +181,15 @@ def test_whitebox_rule_2_3_uses_marker_frames_not_names() -> None:
 
     results = whitebox(NamedLikeASignal).run(["203", "happy"])
     assert {r.status for r in results} == {"passed"}
+
+
+def test_blackbox_2_1_stops_sending_when_the_subscriber_cancels() -> None:
+    made: list[subs.CancelsAfterFive] = []
+
+    def factory() -> subs.CancelsAfterFive:
+        made.append(subs.CancelsAfterFive())
+        return made[-1]
+
+    (result,) = blackbox(factory).run(["spec201_blackbox"])
+    assert result.status == "passed", result
+    assert (len(made[0].items), made[0].after_cancel) == (5, 0)
