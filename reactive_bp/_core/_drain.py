@@ -86,6 +86,10 @@ class PullSubscription(Generic[T]):
         error = check_request(n)
         with self._lock:
             if self._stopped:
+                if error is not None:
+                    # Stopping but not yet ended: the ending still in progress
+                    # picks the Rule 3.9 error up; after it, a no-op (Rule 3.6).
+                    self._terminal.fail(error, eager=True, quiet=True)
                 return  # Rule 3.6
             if error is None:
                 self._requested = add_cap(self._requested, n)
@@ -182,8 +186,8 @@ class PullSubscription(Generic[T]):
                 emitted = self._emit(actual, n)
             except SubscriberFault as fault:
                 with lock:
-                    # Rule 2.13: signalled below, unless already cancelled.
-                    self._terminal.fail(fault.cause, eager=True, quiet=True)
+                    # Rule 2.13: signalled below; reported if too late.
+                    self._terminal.fail(fault.cause, eager=True)
                     self._stopped = True
                 break
             with lock:

@@ -192,7 +192,8 @@ class QueueDrain(Generic[R_co]):
         upstream is cancelled now.
         """
         eager = not self.delay_error
-        if not self._terminal.fail(error, eager=eager):
+        # An upstream error never supersedes upstream's own completion (Rule 1.7).
+        if not self._terminal.fail(error, eager=eager, supersede=False):
             return  # reported by the terminal (Rule 1.7)
         if eager:
             self._halted = True
@@ -221,7 +222,8 @@ class QueueDrain(Generic[R_co]):
         """
         ending = self._terminal.finish(error)
         if ending is None:
-            return  # cancelled meanwhile: the loop releases
+            self._release()  # cancelled meanwhile (Rule 3.13); the loop stops after this
+            return
         self._halted = True
         if ending.error is not None:
             self._cancel_upstreams()

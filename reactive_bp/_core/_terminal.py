@@ -100,20 +100,33 @@ class Terminal:
             self._ending = COMPLETED
             return True
 
-    def fail(self, error: Exception, *, eager: bool = False, quiet: bool = False) -> bool:
+    def fail(
+        self,
+        error: Exception,
+        *,
+        eager: bool = False,
+        quiet: bool = False,
+        supersede: bool | None = None,
+    ) -> bool:
         """Record ``error`` as the ending; ``False`` (and reported) if it came too late.
 
-        An ``eager`` failure supersedes an unclaimed ending that is not eager;
-        the error it displaces is reported to the undeliverable hook. With
-        ``quiet`` a late ``error`` is not reported (a Rule 3.9 bad request
-        after the end is a no-op, Rule 3.6).
+        ``eager``: the error cuts ahead of queued items. ``supersede`` (by
+        default the same as ``eager``): it replaces an unclaimed ending that
+        is not eager, whose error is reported to the undeliverable hook. An
+        upstream error is eager in operators that do not delay errors, but
+        never supersedes: an error after upstream's completion breaks Rule
+        1.7 and is reported, the completion stands. With ``quiet`` a late
+        ``error`` is not reported (a Rule 3.9 bad request after the end is a
+        no-op, Rule 3.6).
         """
+        if supersede is None:
+            supersede = eager
         superseded: Exception | None = None
         with self._lock:
             current = self._ending
             if current is not None and current.error is error:
                 return False  # the very error the stream already ends with: not news
-            accepted = not self._closed and (current is None or (eager and not current.eager))
+            accepted = not self._closed and (current is None or (supersede and not current.eager))
             if accepted:
                 self._ending = Ending(error, eager)
                 if current is not None:

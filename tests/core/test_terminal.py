@@ -163,3 +163,15 @@ def test_racing_writers_and_a_claimer_agree_on_one_ending(
         else:
             assert delivered == [error]
         undeliverable.clear()
+
+
+def test_an_upstream_error_never_supersedes_upstream_completion(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    """Rule 1.7: an error after upstream completed is reported; the completion stands."""
+    terminal = Terminal()
+    terminal.complete()
+    late = Boom("upstream broke Rule 1.7")
+    assert not terminal.fail(late, eager=True, supersede=False)
+    assert terminal.claim() is COMPLETED
+    assert [reported for reported, _ in undeliverable] == [late]
