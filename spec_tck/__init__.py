@@ -69,6 +69,9 @@ from ._demand_checker import (
     verify_operator_demand as verify_operator_demand,
 )
 from ._env import (
+    CALL_TIMEOUT_ENV as CALL_TIMEOUT_ENV,
+)
+from ._env import (
     DEFAULT_TIMEOUT_ENV as DEFAULT_TIMEOUT_ENV,
 )
 from ._env import (
@@ -79,6 +82,9 @@ from ._env import (
 )
 from ._env import (
     POLL_TIMEOUT_ENV as POLL_TIMEOUT_ENV,
+)
+from ._env import (
+    QUIET_ENV as QUIET_ENV,
 )
 from ._env import (
     ManualPublisher as ManualPublisher,
@@ -100,6 +106,9 @@ from ._env import (
 )
 from ._env import (
     WhiteboxSubscriberProbe as WhiteboxSubscriberProbe,
+)
+from ._processor import (
+    HelperPool as HelperPool,
 )
 from ._processor import (
     HelperPublisher as HelperPublisher,
@@ -136,10 +145,12 @@ from ._verification import Verification as Verification
 from ._verification import format_results as format_results
 
 __all__ = [
+    "CALL_TIMEOUT_ENV",
     "DEFAULT_TIMEOUT_ENV",
     "GC_TIMEOUT_ENV",
     "NO_SIGNALS_TIMEOUT_ENV",
     "POLL_TIMEOUT_ENV",
+    "QUIET_ENV",
     "RULE_FIXES",
     "RULE_TEXTS",
     "SAME_AS_DOWNSTREAM",
@@ -150,6 +161,7 @@ __all__ = [
     "DemandViolation",
     "Emit",
     "Fail",
+    "HelperPool",
     "HelperPublisher",
     "IdentityProcessorVerification",
     "ManualPublisher",
@@ -170,6 +182,7 @@ __all__ = [
     "UpstreamBound",
     "UpstreamError",
     "Verification",
+    "WhiteboxSubscriberProbe",
     "format_results",
     "how_to_fix",
     "per_output",

@@ -14,9 +14,12 @@ After the kind comes ``specXYY_`` naming the rule (``spec309`` is Rule 3.9, ``sp
 Rule 3.17), then a description. The id of a check is its method name; the CLI, the pytest
 plugin and the JSON report all use it.
 
-Every rule also has one line saying how to fix a failure of it (``how_to_fix``). A failed
-``RuleResult`` ends its message with that line, so each report (pytest, the CLI, JSON,
-``format_results``) tells the reader what to change, not only what went wrong.
+Every rule also has one line saying how to fix a failure of it (``how_to_fix``), and so
+does every condition a failure can name without citing a rule (a blocked event loop, a
+check over its time budget, the memory cap, a dead process, a hung factory:
+``CONDITION_FIXES``). A failed ``RuleResult`` ends its message with that line, so each
+report (pytest, the CLI, JSON, ``format_results``) tells the reader what to change, not
+only what went wrong.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 __all__ = [
+    "CONDITION_FIXES",
     "FIX_PREFIX",
     "RULE_FIXES",
     "RULE_TEXTS",
@@ -34,6 +38,7 @@ __all__ = [
     "RuleCase",
     "RuleResult",
     "Status",
+    "condition_fix",
     "failed_rule",
     "how_to_fix",
     "parse_case",
@@ -111,8 +116,9 @@ RULE_FIXES: Final[dict[str, str]] = {
     "1.7": "record the terminal signal once and check it before every signal: nothing follows it",
     "1.8": "check a cancelled flag before every signal and stop once cancel() was called",
     "1.9": (
-        "call on_subscribe first and exactly once, before any other signal; raise TypeError "
-        "for subscribe(None); report a refusal as on_error after on_subscribe"
+        "call on_subscribe first and exactly once, before any other signal, and return from "
+        "subscribe() promptly; raise TypeError for subscribe(None); report a refusal as "
+        "on_error after on_subscribe"
     ),
     "1.10": "keep per-subscriber state in the subscription, not the publisher",
     "1.11": (
@@ -192,24 +198,65 @@ SELF_CHECK_FIXES: Final[dict[str, str]] = {
 }
 """How to fix the checks of the kit's own factories and knobs (no rule), by id prefix."""
 
+CONDITION_FIXES: Final[dict[str, str]] = {
+    r"^the event loop was blocked\b": (
+        "never block the event loop thread: run blocking work in a thread (asyncio.to_thread) "
+        "and keep queues bounded"
+    ),
+    r"^the check did not finish within\b": (
+        "make the code under test progress promptly (each item within the default timeout, "
+        "no busy wait in its calls); if it is only slow, raise SPEC_TCK_DEFAULT_TIMEOUT_MS "
+        "(--timeout-ms): the check's budget grows with it"
+    ),
+    r"^the memory of the process running the check grew past\b": (
+        "produce and buffer only what was requested, and stop at cancel(): the code under test "
+        "kept allocating (raise --max-memory-mb only if the stream really needs that much)"
+    ),
+    r"^the process running the check ended unexpectedly\b": (
+        "never end the process from the code under test (sys.exit, os._exit, a crash in an "
+        "extension): report a failure with on_error"
+    ),
+    r" did not return within [\d.]+ s \(the kit cannot go on until it returns\)": (
+        "return promptly from the factories and puppet calls: build the object and hand it "
+        "over, never wait there for a signal or another thread (connect in subscribe() or on "
+        "the first request())"
+    ),
+}
+"""How to fix a failure whose first line cites no rule but names a condition of its own (a
+blocked event loop, a check over its time budget, the memory cap, a dead process, a factory
+that never returns), by a regular expression searched in that line. Such a failure is about
+the condition, not the check's own rule."""
+
 FIX_PREFIX: Final = "how to fix"
 _GENERIC_FIX: Final = "compare the factories and knobs with their docstrings and the message above"
 
 _CITED_RULE: Final = re.compile(r"\bRules? (\d\.\d+)")
+_CONDITIONS: Final = [(re.compile(pattern), fix) for pattern, fix in CONDITION_FIXES.items()]
 
 
-def how_to_fix(rule: str | None, check_id: str = "") -> str:
+def condition_fix(message: str) -> str | None:
+    """The fix of the rule-less condition the first line of ``message`` names, if any."""
+    first = message.partition("\n")[0]
+    return next((fix for pattern, fix in _CONDITIONS if pattern.search(first)), None)
+
+
+def how_to_fix(rule: str | None, check_id: str = "", message: str = "") -> str:
     """One line saying how to fix a failure.
 
     Args:
-        rule: The rule that failed (``"1.1"``), or ``None`` for a self-check.
+        rule: The rule that failed (``"1.1"``), or ``None`` for a self-check or a failure
+            about a condition (``failed_rule`` says which).
         check_id: The check's id, used when ``rule`` is ``None`` or unknown.
+        message: The failure message, for a condition it names (``CONDITION_FIXES``).
 
     Returns:
         The fix; a generic hint for a self-check without a listed fix.
     """
     if rule is not None and rule in RULE_FIXES:
         return RULE_FIXES[rule]
+    condition = condition_fix(message)
+    if condition is not None:
+        return condition
     for prefix, fix in SELF_CHECK_FIXES.items():
         if check_id.startswith(prefix):
             return fix
@@ -221,20 +268,23 @@ def failed_rule(message: str, rule: str | None) -> str | None:
 
     A check may fail on another rule than its own: a publisher that over-delivers fails the
     Rule 3.17 checks with "Rule 1.1: ...". The check's own rule wins when the message's
-    first line cites it or cites none; otherwise the first rule that line cites.
+    first line cites it, or cites none and names no condition of its own; otherwise the
+    first rule that line cites. A first line that cites no rule but names a condition
+    (``CONDITION_FIXES``: "the event loop was blocked ...") is about no rule.
 
     Args:
         message: The failure message.
         rule: The failed check's own rule, if any.
 
     Returns:
-        The rule number, or ``None`` for a self-check whose message cites no rule.
+        The rule number, or ``None`` for a self-check or a condition whose message cites no
+        rule.
     """
     first = message.partition("\n")[0]
     cited = _CITED_RULE.findall(first)
-    if rule is not None and (rule in cited or not cited):
-        return rule
-    return cited[0] if cited else rule
+    if cited:
+        return rule if rule in cited else cited[0]
+    return None if condition_fix(first) is not None else rule
 
 
 _CASE_NAME: Final = re.compile(r"^(required|optional|stochastic|untested)_(?:spec(\d)(\d\d)_)?")
@@ -315,7 +365,7 @@ class RuleResult:
         """How to fix this failure, in one line (empty unless it failed)."""
         if self.status != "failed":
             return ""
-        return how_to_fix(failed_rule(self.message, self.rule), self.id)
+        return how_to_fix(failed_rule(self.message, self.rule), self.id, self.message)
 
     @property
     def fix_line(self) -> str:

@@ -187,11 +187,15 @@ class IdentityProcessor:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        # Invariant (under lock): only the thread that set draining signals downstream.
+        # Invariant (under lock): only the thread that set draining signals downstream, and
+        # only once ready: on_subscribe is a signal too (Rule 1.3), so an item the upstream
+        # sends on its own thread while downstream's on_subscribe runs (e.g. for the request
+        # made inside it) waits for on_subscribe to return (Rule 1.9).
         self.upstream: Any = None
         self.pending_upstream = 0  # demand signalled before the upstream arrived
         self.downstream: Any = None
         self.subscribed = False
+        self.ready = False  # downstream's on_subscribe returned
         self.queue: deque[object] = deque()
         self.demand = 0
         self.done = False
@@ -257,7 +261,9 @@ class IdentityProcessor:
             subscriber.on_error(RuntimeError("this processor serves one subscriber"))
             return
         subscriber.on_subscribe(_Downstream(self))
-        self.drain()
+        with self.lock:
+            self.ready = True
+        self.drain()  # what arrived during on_subscribe
 
     def downstream_request(self, n: int) -> None:
         if type(n) is not int or n <= 0:
@@ -310,7 +316,7 @@ class IdentityProcessor:
             with self.lock:
                 downstream = self.downstream
                 signal: tuple[str, object] | None = None
-                if downstream is not None and not self.cancelled:
+                if downstream is not None and self.ready and not self.cancelled:
                     if self.queue and self.demand > 0:
                         signal = ("next", self.queue.popleft())
                         if self.demand != MAX:

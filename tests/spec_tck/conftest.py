@@ -1,7 +1,8 @@
-"""Load the spec_tck plugin's collection hook here, whether or not the entry point is installed.
+"""Load the spec_tck plugin's hooks here, whether or not the entry point is installed.
 
-The hook is first-result, so a second registration through the ``pytest11`` entry point is
-harmless.
+The collection hook is first-result and the reordering hook idempotent, so a second
+registration through the ``pytest11`` entry point is harmless.
 """
 
+from spec_tck.pytest_plugin import pytest_collection_modifyitems as pytest_collection_modifyitems
 from spec_tck.pytest_plugin import pytest_pycollect_makeitem as pytest_pycollect_makeitem

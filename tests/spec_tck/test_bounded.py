@@ -137,6 +137,10 @@ def test_a_publisher_blocking_the_event_loop_is_reported_and_stopped() -> None:
     assert result.status == "failed"
     assert result.message.startswith("the event loop was blocked for")
     assert "in _fill" in result.message  # the loop thread's stack names the culprit
+    # The fix is about the loop, not the rule of the check that saw it (3.17).
+    assert result.message.splitlines()[-1].startswith(
+        "how to fix: never block the event loop thread"
+    )
     # The loop was interrupted: nothing keeps draining (and allocating) after the check.
     loops = [t for t in threading.enumerate() if t.name == "spec_tck-asyncio-loop"]
     assert loops == []
@@ -163,6 +167,27 @@ def test_a_check_that_does_not_finish_is_ended_at_its_budget() -> None:
     assert result.message.startswith("the check did not finish within")
     assert "in required_spec999_never_finishes" in result.message
     assert seconds < env.check_budget_s() + 5
+    fix = result.message.splitlines()[-1]
+    assert fix.startswith("how to fix: make the code under test progress promptly"), fix
+    assert "SPEC_TCK_DEFAULT_TIMEOUT_MS" in fix
+
+
+class _HangsInTheFactory(PublisherVerification[int]):
+    def create_publisher(self, elements: int) -> Publisher[int]:
+        pubs.RELEASE_BLOCKED.wait()  # a factory that connects and never hears back
+        return pubs.SyncRangePublisher(elements)
+
+
+def test_a_factory_that_never_returns_is_bounded_and_told_to_return_promptly() -> None:
+    results, seconds = bounded_run(
+        _HangsInTheFactory(fast_env()), ["required_spec309_request_zero"]
+    )
+    assert seconds < 10
+    (result,) = results
+    assert result.status == "failed"
+    assert result.message.startswith("create_publisher() did not return within 0.3 s"), result
+    fix = result.message.splitlines()[-1]
+    assert fix.startswith("how to fix: return promptly from the factories"), fix
 
 
 class _ParksInOnSubscribe:

@@ -273,6 +273,7 @@ def test_a_check_that_outgrows_the_memory_cap_is_killed_with_the_stacks_of_its_t
     assert done.returncode == 1, done.stdout
     assert "grew past 150 MB" in done.stdout
     assert "in _fill" in done.stdout  # faulthandler's stack of the loop thread
+    assert "  how to fix: produce and buffer only what was requested" in done.stdout
 
 
 def exits_the_process(elements: int) -> object:
@@ -288,3 +289,4 @@ def test_a_check_whose_process_dies_is_failed_and_the_run_goes_on() -> None:
     streamed = rows(done.stdout)
     assert len(streamed) == 2, done.stdout
     assert all("ended unexpectedly (exit status 3)" in row for row in streamed)
+    assert done.stdout.count("  how to fix: never end the process from the code under test") == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -146,3 +148,42 @@ def test_the_helper_publisher_passes_the_publisher_checks(pooled: bool) -> None:
             assert pool.shutdown(1.0)
     others = [r for r in results if r.status not in ("passed", "untested")]
     assert all("create_failed_publisher() returned None" in r.message for r in others), others
+
+
+# -- Rule 1.3 under racing: both sides of the processor --------------------------------------
+
+
+@pytest.fixture
+def racing() -> Iterator[None]:
+    """Switch threads as often as the interpreter can, so a 1 % race shows up."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
+@pytest.mark.usefixtures("racing")
+def test_the_reference_processor_holds_items_until_on_subscribe_returned() -> None:
+    """Rule 1.3, once a flake of ``TestIdentityProcessor::test_stochastic_spec103``: the kit's
+    subscriber requests inside ``on_subscribe``; the processor forwards that upstream, and the
+    asynchronous helper answers with ``on_next`` on a pool thread, which the processor passed
+    on at once, while ``on_subscribe`` was still running on the check's thread."""
+    for _ in range(5):
+        (result,) = processor(subs.IdentityProcessor).run(["stochastic_spec103"])
+        assert result.status == "passed", result.message
+
+
+@pytest.mark.usefixtures("racing")
+def test_the_helper_publisher_signals_serially_when_raced() -> None:
+    """The kit's helper obeys Rule 1.3 itself: requests from on_subscribe and on_next, pool
+    threads taking over between batches."""
+    for _ in range(3):
+        verification = _Pooled(TestEnvironment(default_timeout_ms=1000, no_signals_timeout_ms=30))
+        verification.pool = HelperPool()
+        try:
+            results = verification.run(["stochastic_spec103", "required_spec303", "spec317"])
+        finally:
+            assert verification.pool.shutdown(1.0)
+        assert [r for r in results if r.status != "passed"] == [], format_results(results)

@@ -23,7 +23,7 @@ from spec_tck import (
     format_results,
     how_to_fix,
 )
-from spec_tck._rules import SELF_CHECK_FIXES
+from spec_tck._rules import CONDITION_FIXES, SELF_CHECK_FIXES
 from spec_tck.pytest_plugin import _collectable_class
 
 from . import _publishers as pubs
@@ -42,7 +42,7 @@ OVER_DELIVERY = (
 
 def test_every_rule_has_one_fix_line() -> None:
     assert set(RULE_FIXES) == set(RULE_TEXTS)
-    for rule, fix in [*RULE_FIXES.items(), *SELF_CHECK_FIXES.items()]:
+    for rule, fix in [*RULE_FIXES.items(), *SELF_CHECK_FIXES.items(), *CONDITION_FIXES.items()]:
         assert fix and "\n" not in fix and not fix.endswith("."), rule
 
 
@@ -148,3 +148,79 @@ def test_only_failures_get_a_fix_and_only_once() -> None:
     again = dataclasses.replace(failed, duration_s=1.0)
     assert again.message == failed.message
     assert again.message.count("how to fix") == 1
+
+
+# -- failures about a condition, not a rule -----------------------------------------------
+
+# The first line of each as the kit writes it (_env, _verification, _isolate); the tests in
+# test_bounded.py and test_cli.py provoke the real ones and check their last line too.
+CONDITIONS = [
+    (
+        "the event loop was blocked for 1.2 s while waiting for on_next: a callback of the code "
+        "under test does not return, so nothing else can run on the loop",
+        "never block the event loop thread: run blocking work in a thread (asyncio.to_thread) "
+        "and keep queues bounded",
+    ),
+    ("the check did not finish within 31.0 s", "SPEC_TCK_DEFAULT_TIMEOUT_MS"),
+    (
+        "the check did not finish within 9.0 s, even counting the kit's own watchdog; the "
+        "process running it was killed",
+        "SPEC_TCK_DEFAULT_TIMEOUT_MS",
+    ),
+    (
+        "the memory of the process running the check grew past 150 MB (170 MB): the code under "
+        "test keeps allocating; the process was killed",
+        "--max-memory-mb",
+    ),
+    ("the process running the check ended unexpectedly (exit status 3)", "os._exit"),
+    (
+        "create_publisher() did not return within 0.5 s (the kit cannot go on until it returns)",
+        "return promptly from the factories",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("message", "fix"),
+    CONDITIONS,
+    ids=["blocked-loop", "check-budget", "check-budget-cli", "memory", "died", "hung-factory"],
+)
+def test_a_failure_about_a_condition_gets_that_conditions_fix_not_the_checks_rule(
+    message: str, fix: str
+) -> None:
+    failed = result("failed", f"{message}\n  stack of thread 'spec_tck-check':", rule="3.3")
+    last = failed.message.splitlines()[-1]
+    assert last.startswith("how to fix: "), last  # no rule: the condition is the problem
+    assert fix in last
+    assert RULE_FIXES["3.3"] not in failed.message
+    assert failed.to_json()["fix"] == last.removeprefix("how to fix: ")
+
+
+def test_a_condition_after_a_cited_rule_keeps_the_rules_fix() -> None:
+    # A violation flopped first, then the hang: the violation is what the first line says.
+    failed = result(
+        "failed",
+        "Rule 1.1: on_next #2 exceeds the total demand of 1\n  then: the check did not finish "
+        "within 31.0 s",
+        rule="3.3",
+    )
+    assert failed.message.splitlines()[-1] == ONE_ONE_FIX
+    # A hung call that names its rule is about that rule.
+    hung = result("failed", "Rule 3.4: request(1) did not return within 0.3 s (...)", rule="1.1")
+    assert hung.fix == RULE_FIXES["3.4"]
+
+
+def test_every_condition_is_one_the_kit_reports() -> None:
+    """A reworded message would silently fall back to the check's rule: keep them in step."""
+    sources = "\n".join(source.read_text() for source in KIT.glob("*.py"))
+    phrases = [
+        "the event loop was blocked for",
+        "the check did not finish within",
+        "the memory of the process running the check grew past",
+        "the process running the check ended unexpectedly",
+        "the kit cannot go on until it returns",
+    ]
+    for phrase in phrases:
+        assert phrase in sources, phrase
+    for pattern in CONDITION_FIXES:
+        assert any(re.search(pattern, message) for message, _ in CONDITIONS), pattern
