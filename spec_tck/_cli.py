@@ -1,7 +1,8 @@
 """``python -m spec_tck MODULE:FACTORY``: run the publisher checks from the command line.
 
 One line per check is printed as soon as the check finishes; a result a late violation
-changes afterwards gets a second line (``failed  (late) ...``). The failed checks follow
+changes afterwards gets a second line (status ``failed``, its message saying how late:
+``late: 31 ms after on_complete``). The failed checks follow
 in full, then one summary line.
 
 The code under test never runs in this process (see ``_isolate``): a child process runs

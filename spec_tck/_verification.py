@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from ._env import SkipCheck, SpecViolation, TestEnvironment, _Check, _ProtocolViolation
-from ._rules import RuleCase, RuleResult, Status, parse_case
+from ._rules import RuleCase, RuleResult, Status, failed_rule, how_to_fix, parse_case
 from ._watchdog import _Abandoned, format_stack, interrupt, register_leak, running_leaks
 
 __all__ = ["Verification", "format_results"]
@@ -305,7 +305,9 @@ class Verification(ABC):  # noqa: B024 -- abstract in spirit; subclasses add the
                 continue
             self._late_reported.add(rule_id)
             if result.status == "failed":
-                message = f"{result.message}\n  also, later: {late[0]}"
+                extra = str(late[0])
+                fix = how_to_fix(failed_rule(extra, result.rule), rule_id, extra)
+                message = f"{result.message}\n  also, later: {extra}\n  how to fix that: {fix}"
             else:
                 message = str(late[0])
             updated = dataclasses.replace(result, status="failed", message=message)
