@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from typing_extensions import override
 
 from .._core._arbiter import ArbiterRelay, SubscriptionArbiter, cancel_quietly
-from .._core._demand import UNBOUNDED
+from .._core._demand import UNBOUNDED, add_cap, produced
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED, EmptySubscription
 from .._core._queue_drain import InnerQueueSubscriber, QueueDrain, replenish_limit
 from .._core._signals import signal_complete, signal_error
 from .._core._terminal import Terminal
 from .._flow import Flow
+from ..sources._iterable import IterableFlow
+from ..sources._simple import EmptyFlow
 
 if TYPE_CHECKING:
     from ..abc import Publisher, Subscriber, Subscription
@@ -46,21 +48,95 @@ def _adopt(name: str, sources: tuple[Publisher[T], ...]) -> tuple[Flow[T], ...]:
 def _inner_flow(mapper: Callable[[T], Publisher[R]], item: T) -> Flow[R]:
     """Call ``mapper`` and adopt what it returns; ``None`` is an error."""
     publisher = mapper(item)
+    if isinstance(publisher, Flow):
+        return publisher  # what Flow.from_publisher returns, without the call
     if publisher is None:
         raise TypeError(f"{mapper!r} returned None for {item!r}, not a publisher")
     return Flow.from_publisher(publisher)
 
 
+# -- known values -------------------------------------------------------------------------
+
+
+def _known_values(flow: Flow[R]) -> Sequence[R] | None:
+    """The items ``flow`` emits, when they are known without subscribing; else ``None``.
+
+    The one place that recognises sources whose items are fixed when they are
+    built: ``Flow.just`` and ``Flow.from_iterable`` over a tuple or a
+    ``range`` (immutable, so reading them now is what a subscription would
+    read), and ``Flow.empty``. A tuple holding ``None`` is not known: its
+    subscription signals ``NoneItemError`` after the items before it, and only
+    a real subscription reproduces that. Combining operators treat a known
+    inner as one that completes at once: no subscription, no inner queue.
+    """
+    kind = type(flow)
+    if kind is IterableFlow:
+        values = flow._iterable  # type: ignore[attr-defined]
+        kind_of_values = type(values)
+        if kind_of_values is range:
+            return values  # type: ignore[no-any-return]
+        if kind_of_values is tuple:
+            for value in values:
+                if value is None:
+                    return None
+            return values  # type: ignore[no-any-return]
+        return None
+    if kind is EmptyFlow:
+        return ()
+    return None
+
+
 # -- flat_map / merge -------------------------------------------------------------------
 
 
-class _FlatMapMain(QueueDrain[R], Generic[T, R]):
-    """Subscribes up to ``max_concurrency`` inners and merges their queues downstream.
+class _FlatMapInner(InnerQueueSubscriber[R]):
+    """An inner of ``flat_map``/``merge`` that hands an item straight downstream when it can.
 
-    Demand: upstream is asked for ``max_concurrency`` items, then one more per
-    inner that finished; each inner is asked for ``prefetch`` and refilled at
-    75% of what the loop consumed; the loop emits only against downstream
-    demand, visiting the inners round-robin.
+    An item that finds this inner's queue empty, downstream demand and no
+    drain loop running is emitted by the calling thread, which owns the loop
+    for that moment (``_FlatMapMain._emit_direct``); otherwise it is queued as
+    in ``InnerQueueSubscriber``. Either way it counts as consumed, so demand,
+    refill and Rule 1.1 checks are those of the queueing path.
+    """
+
+    __slots__ = ()
+
+    @override
+    def on_next(self, item: R) -> None:
+        """Emit ``item`` at once if this thread can own the loop, else queue it."""
+        if item is None:
+            raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
+        parent: _FlatMapMain[Any, R] = self._parent  # type: ignore[assignment]
+        if parent._halted or self.done:
+            return  # Rule 2.8
+        if self.queue or not parent._emit_direct(self, item):
+            super().on_next(item)
+
+
+class _FlatMapMain(QueueDrain[R], Generic[T, R]):
+    """Subscribes up to ``max_concurrency`` inners and merges their items downstream.
+
+    Demand: upstream is asked for ``max_concurrency`` items; a slot is given
+    back when an inner finished and its items were delivered, in batches of
+    75% of ``max_concurrency`` -- or at once when upstream has nothing
+    outstanding, so a long-lived inner never starves the others. Each inner
+    is asked for ``prefetch`` and refilled at 75% of what the loop consumed;
+    the loop emits only against downstream demand, visiting the inners
+    round-robin.
+
+    Known inners (``_known_values``: ``Flow.just``, ``Flow.empty``, a tuple or
+    ``range`` of at most ``prefetch`` items -- what a subscribed inner would
+    have queued at once) are not subscribed: their items are emitted by the
+    calling thread when downstream demand allows and no loop runs, else
+    queued in ``_scalars``, which takes one turn in the round-robin as if it
+    were one more inner. Such an inner holds its slot until its last item was
+    delivered, like a subscribed one. A subscribed inner whose item finds its
+    queue empty, demand and no loop running also emits it directly.
+
+    Concurrency: a thread that emits directly owns the drain loop for that
+    moment (``_wip`` taken from 0 to 1 under ``_lock``) and gives it back
+    the same way; work announced meanwhile (a request, a cancel, an item) is
+    seen when it lets go and runs one full pass (``_let_go``).
 
     Cancellation: cancels upstream and every active inner, clears the queues.
 
@@ -71,11 +147,17 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
 
     __slots__ = (
         "_cursor",
+        "_finished",
+        "_inner_view",
         "_inners",
+        "_limit",
         "_main_done",
         "_mapper",
         "_max_concurrency",
+        "_outstanding",
         "_prefetch",
+        "_scalar_pos",
+        "_scalars",
         "_upstream",
     )
 
@@ -90,14 +172,35 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
         self._mapper = mapper
         self._max_concurrency = max_concurrency
         self._prefetch = prefetch
+        # Slots given back upstream per request (UNBOUNDED: never ask again).
+        self._limit = replenish_limit(max_concurrency) if max_concurrency < UNBOUNDED else UNBOUNDED
         # Invariant: CANCELLED until on_subscribe.
         self._upstream: Subscription = CANCELLED
         # Set once when upstream completed, after the last inner was
         # registered; read without the lock. An upstream error never sets it:
         # it goes to _terminal, so no pass can see "done" without the error.
         self._main_done = False
-        # Guarded by _lock: the active inners, in subscription order.
+        # Guarded by _lock: the active subscribed inners, in subscription order.
         self._inners: dict[InnerQueueSubscriber[R], None] = {}
+        # Written under _lock, read without it (one attribute read).
+        # Invariant: == tuple(_inners) after every _lock block, so a pass
+        # reads an immutable snapshot instead of copying the dict.
+        self._inner_view: tuple[InnerQueueSubscriber[R], ...] = ()
+        # The known inners whose items wait for demand, each holding its slot.
+        # Appended only by the upstream thread (serial, Rule 1.3), popped only
+        # by the loop owner. Invariant: every entry is non-empty and has at
+        # most prefetch items; entries are delivered in arrival order.
+        self._scalars: deque[Sequence[R]] = deque()
+        # Loop owner only. Invariant: 0 if _scalars is empty, else < len(_scalars[0]).
+        self._scalar_pos = 0
+        # Guarded by _lock. Invariant: upstream items requested and not yet
+        # received, 0 <= _outstanding <= max_concurrency.
+        self._outstanding = max_concurrency
+        # Guarded by _lock: finished inners whose slot was not yet requested
+        # again. Invariant (after every _lock block that changes either):
+        # _finished < _limit, and _finished == 0 whenever _outstanding == 0,
+        # so batching never leaves upstream idle while a slot is free.
+        self._finished = 0
         # Loop owner only: where the next pass starts (fairness between inners).
         self._cursor = 0
 
@@ -127,7 +230,7 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
             subscription.request(self._max_concurrency)
 
     def on_next(self, item: T) -> None:
-        """Map ``item`` to a publisher and subscribe to it."""
+        """Map ``item`` to a publisher: emit or queue its known items, or subscribe to it."""
         if item is None:
             raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
         if self._halted or self._main_done:
@@ -137,11 +240,22 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
         except Exception as error:
             self._fail(error)
             return
-        inner: InnerQueueSubscriber[R] = InnerQueueSubscriber(self, self._prefetch)
+        values = _known_values(flow)
+        if values is not None and len(values) <= self._prefetch:
+            # No more than a subscribed inner would have queued at once.
+            self._on_known(values)
+            return
+        inner: InnerQueueSubscriber[R] = _FlatMapInner(self, self._prefetch)
         with self._lock:
             if self._halted:
                 return
+            self._outstanding -= 1
+            # Upstream just ran dry: give back the slots held for a batch.
+            give_back = self._take_slots(0) if self._finished and not self._outstanding else 0
             self._inners[inner] = None
+            self._inner_view = (*self._inner_view, inner)
+        if give_back:
+            self._upstream.request(give_back)
         try:
             flow.subscribe(inner)
         except Exception as error:  # a third-party subscribe() that raised
@@ -157,32 +271,164 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
         self._signal_error(error)
 
     def on_complete(self) -> None:
-        """Complete once every inner has finished and its queue was delivered."""
+        """Complete once every inner has finished and its items were delivered."""
         if self._main_done:
             return
         self._main_done = True
         self._schedule()
 
+    # -- known inners and slots ------------------------------------------------------------
+
+    def _take_slots(self, freed: int) -> int:
+        """Count ``freed`` slots; return how many to request upstream now (under ``_lock``)."""
+        finished = self._finished + freed
+        if finished == 0 or (finished < self._limit and self._outstanding > 0):
+            self._finished = finished
+            return 0
+        self._finished = 0
+        if self._limit == UNBOUNDED or self._main_done:
+            return 0  # everything was requested already, or upstream is over
+        self._outstanding = add_cap(self._outstanding, finished)
+        return finished
+
+    def _on_known(self, values: Sequence[R]) -> None:
+        """An inner whose items are known: emit them now if this thread can own the loop."""
+        give_back = 0
+        with self._lock:
+            self._outstanding -= 1
+            if not values:  # an empty inner finishes at once
+                give_back = self._take_slots(1)
+                own = False
+            else:
+                if self._finished and not self._outstanding:
+                    give_back = self._take_slots(0)  # upstream just ran dry
+                requested = self._requested
+                own = self._wip == 0 and requested != 0 and not self._scalars
+                if own:
+                    self._wip = 1  # this thread is the loop owner until it lets go
+        if give_back:
+            self._upstream.request(give_back)
+        if not values:
+            return
+        if not own:
+            self._scalars.append(values)
+            self._schedule()
+            return
+        actual = self._actual
+        terminal = self._terminal
+        if actual is None or terminal._ending is not None or terminal._closed or self._halted:
+            self._scalars.append(values)
+            self._run_drain()  # the loop decides: release, terminate or drain
+            return
+        count = len(values)
+        emitted = 0
+        try:
+            if count == 1:
+                actual.on_next(values[0])
+                emitted = 1
+            else:
+                on_next = actual.on_next
+                while emitted != requested and emitted != count:
+                    on_next(values[emitted])
+                    emitted += 1
+                    if self._halted:
+                        break
+        except Exception as fault:  # Rule 2.13: as the loop does
+            self._loop_fault(actual, fault)
+            return
+        freed = 1
+        if emitted != count:
+            # This thread owns the loop and _scalars was empty: it becomes the head.
+            self._scalars.append(values)
+            self._scalar_pos = emitted
+            freed = 0
+        self._let_go(emitted, freed)
+
+    def _emit_direct(self, inner: InnerQueueSubscriber[R], item: R) -> bool:
+        """Emit ``item`` of ``inner`` now if this thread can own the loop; ``False``: queue it."""
+        lock = self._lock
+        with lock:
+            if self._wip != 0 or self._requested == 0 or self._scalars:
+                return False
+            self._wip = 1  # this thread is the loop owner until it lets go
+        actual = self._actual
+        terminal = self._terminal
+        if actual is None or terminal._ending is not None or terminal._closed or self._halted:
+            inner.queue.append(item)
+            self._run_drain()  # the loop decides: release, terminate or drain
+            return True
+        try:
+            actual.on_next(item)
+        except Exception as fault:  # Rule 2.13: as the loop does
+            self._loop_fault(actual, fault)
+            return True
+        inner.consumed(1)  # loop owner: refill at 75%
+        with lock:
+            self._requested = produced(self._requested, 1)
+            more = self._wip != 1
+            if not more:
+                self._wip = 0
+        if more:
+            self._run_drain()  # request/cancel/items arrived meanwhile: one full pass
+        return True
+
+    def _let_go(self, emitted: int, freed: int) -> None:
+        """Account a direct emission and give up the loop, or run it if work arrived."""
+        give_back = 0
+        with self._lock:
+            if emitted:
+                self._requested = produced(self._requested, emitted)
+            if freed:
+                finished = self._finished + freed
+                if finished < self._limit and self._outstanding > 0:
+                    self._finished = finished  # the common case of _take_slots
+                else:
+                    give_back = self._take_slots(freed)
+            more = self._wip != 1
+            if not more:
+                self._wip = 0
+        if give_back:
+            self._upstream.request(give_back)
+        if more:
+            self._run_drain()  # request/cancel/items arrived meanwhile: one full pass
+
+    def _loop_fault(self, actual: Subscriber[R], fault: Exception) -> None:
+        """Downstream raised from ``on_next`` while this thread owned the loop."""
+        if self._terminal._closed:
+            report_undeliverable(fault, f"{self!r} after terminal/cancel")
+            self._release()
+        else:
+            self._terminate(actual, fault)
+
     # -- the drain ------------------------------------------------------------------------------
 
     @override
     def hook_drain(self, actual: Subscriber[R], requested: int) -> int:
-        # Read _main_done before the snapshot: an inner is registered
-        # before upstream can complete, so "done and no inners" is final.
+        # Read _main_done before the inners: an inner (known or subscribed)
+        # is registered before upstream can complete, so "done and no
+        # inners" is final.
         upstream_done = self._main_done
-        with self._lock:
-            inners = list(self._inners)
-        count = len(inners)
-        if count > 1:
-            start = self._cursor % count
-            self._cursor = start + 1
-            inners = inners[start:] + inners[:start]
         on_next = actual.on_next
         emitted = 0
+        freed = 0
+        scalars = self._scalars
+        inners = self._inner_view
+        count = len(inners)
+        # The known inners take one turn together, as if they were one more inner.
+        turns = count + 1 if scalars else count
+        start = 0
+        if turns > 1:
+            start = self._cursor % turns
+            self._cursor = start + 1
         finished: list[InnerQueueSubscriber[R]] = []
-        for inner in inners:
+        for turn in range(turns):
             if self._halted:
                 return emitted
+            index = (start + turn) % turns if start else turn
+            if index == count:
+                emitted, freed = self._drain_scalars(on_next, emitted, requested)
+                continue
+            inner = inners[index]
             queue = inner.queue
             done = inner.done  # before the queue: see InnerQueueSubscriber
             taken = 0
@@ -196,32 +442,61 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
                 finished.append(inner)
             elif taken:
                 inner.consumed(taken)
-        if finished:
+        active = count
+        give_back = 0
+        if finished or freed:
             with self._lock:
-                for inner in finished:
-                    del self._inners[inner]
-                active = len(self._inners)
-            if not upstream_done:
-                self._upstream.request(len(finished))  # one new inner per finished one
-        else:
-            active = count
-        if upstream_done and active == 0 and not self._halted:
+                if finished:
+                    for inner in finished:
+                        del self._inners[inner]
+                    self._inner_view = tuple(self._inners)
+                    active = len(self._inners)
+                give_back = self._take_slots(freed + len(finished))
+        if give_back:
+            self._upstream.request(give_back)
+        if upstream_done and active == 0 and not scalars and not self._halted:
             self._terminate(actual)  # an error recorded meanwhile wins
         return emitted
+
+    def _drain_scalars(
+        self, on_next: Callable[[R], object], emitted: int, requested: int
+    ) -> tuple[int, int]:
+        """The known inners' turn in a pass: return ``emitted`` updated and how many finished."""
+        scalars = self._scalars
+        pos = self._scalar_pos
+        freed = 0
+        while scalars and emitted != requested:
+            values = scalars[0]
+            count = len(values)
+            while pos != count and emitted != requested:
+                on_next(values[pos])
+                pos += 1
+                emitted += 1
+                if self._halted:
+                    self._scalar_pos = pos
+                    return emitted, freed
+            if pos == count:
+                scalars.popleft()
+                freed += 1
+                pos = 0
+        self._scalar_pos = pos
+        return emitted, freed
 
     @override
     def hook_cancel_upstreams(self) -> None:
         cancel_quietly(self._upstream)
-        with self._lock:
-            inners = list(self._inners)
+        with self._lock:  # serialized with on_next's registration (it checks _halted)
+            inners = self._inner_view
         for inner in inners:
             inner.cancel()
 
     @override
     def hook_clear(self) -> None:
         with self._lock:
-            inners = list(self._inners)
+            inners = self._inner_view
             self._inners.clear()
+            self._inner_view = ()
+        self._scalars.clear()
         for inner in inners:
             inner.queue.clear()
 
@@ -471,6 +746,10 @@ class _ConcatMapMain(Generic[T, R]):
     request) cancels everything and is signalled at once (Reactor's
     ``IMMEDIATE`` mode).
 
+    Known inners (``_known_values``) whose items the outstanding demand covers
+    are relayed by the loop without a subscription, as a synchronous inner
+    would be; an empty one is skipped. Otherwise the inner is subscribed.
+
     Serialization: inner items go straight downstream while errors may come
     from the upstream thread, so downstream signals pass a non-blocking
     ``_gate`` lock. ``on_next`` holds it briefly; the terminal signal takes it
@@ -675,6 +954,9 @@ class _ConcatMapMain(Generic[T, R]):
                     except Exception as error:
                         self._fail(error)
                         continue
+                    values = _known_values(flow)
+                    if values is not None and self._emit_known(values):
+                        continue  # it completed at once: map the next item
                     self._active = True
                     try:
                         # A synchronous inner completes in here; its _schedule
@@ -691,6 +973,26 @@ class _ConcatMapMain(Generic[T, R]):
                 missed = self._wip
                 if missed == 0:
                     return
+
+    def _emit_known(self, values: Sequence[R]) -> bool:
+        """Relay a known inner without subscribing, if the demand covers all of it (loop owner).
+
+        ``False`` (not enough demand, a pending Rule 3.9 error, cancelled):
+        subscribe to it instead, which waits for demand as any inner does.
+        """
+        inner = self._inner
+        count = len(values)
+        if count == 0:
+            return True  # completes at once, whatever the demand (Rule 1.2)
+        if inner.is_cancelled or inner.pending_error is not None or inner.requested < count:
+            return False
+        emit = self._emit
+        for value in values:
+            if self._halted:
+                return True
+            emit(value)
+        inner.produced(count)  # as the inner's on_complete would
+        return True
 
     def _refill(self) -> None:
         consumed = self._consumed + 1
@@ -732,6 +1034,49 @@ def concat_map(source: Flow[T], mapper: Callable[[T], Publisher[R]], prefetch: i
 # -- zip ----------------------------------------------------------------------------------------
 
 
+class _ZipInner(InnerQueueSubscriber[object]):
+    """A source of ``zip``: completes a tuple at once when its item is the last one missing.
+
+    An item that finds every other source's queue non-empty, downstream
+    demand and no drain loop running is paired by the calling thread, which
+    owns the loop for that moment (``_ZipMain._emit_direct``). An item that
+    cannot complete a tuple (another queue is empty) is queued without a
+    drain pass: the item that fills the last empty queue announces the work.
+    """
+
+    __slots__ = ("_index",)
+
+    def __init__(self, parent: _ZipMain, prefetch: int, index: int) -> None:
+        super().__init__(parent, prefetch)
+        self._index = index
+
+    @override
+    def on_next(self, item: object) -> None:
+        """Pair ``item`` at once, queue it quietly, or queue it and drain."""
+        if item is None:
+            raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
+        parent: _ZipMain = self._parent  # type: ignore[assignment]
+        if parent._halted or self.done:
+            return  # Rule 2.8
+        queue = self.queue
+        if len(queue) >= self._prefetch:
+            super().on_next(item)  # fails the stream: Rule 1.1
+            return
+        for other in parent._inners:
+            if not other.queue and other is not self:
+                # No tuple can be formed yet. Whoever fills the last empty
+                # queue checks the others after its append, so one of the
+                # appenders always sees every queue non-empty and drains.
+                queue.append(item)
+                for again in parent._inners:
+                    if not again.queue:
+                        return
+                parent._schedule()  # filled meanwhile by another thread
+                return
+        if queue or not parent._emit_direct(self._index, item):
+            super().on_next(item)  # earlier items of this source go first
+
+
 class _ZipMain(QueueDrain[tuple[object, ...]]):
     """Pairs the heads of every source's queue into a tuple, against downstream demand.
 
@@ -746,15 +1091,26 @@ class _ZipMain(QueueDrain[tuple[object, ...]]):
 
     Errors: the first error from any source (or a Rule 3.9 request) cuts
     ahead, cancels the other sources and is signalled once.
+
+    Concurrency: the item that completes a tuple (every other queue holds a
+    head) is paired and emitted by its own thread when downstream demand
+    allows and no loop runs; that thread owns the loop for the moment
+    (``_wip`` 0 -> 1 under ``_lock``) and runs a full pass if work arrived
+    meanwhile. An item that cannot complete a tuple is queued without a pass.
     """
 
-    __slots__ = ("_inners",)
+    __slots__ = ("_inners", "_limit", "_taken")
 
     def __init__(self, actual: Subscriber[tuple[object, ...]], count: int, prefetch: int) -> None:
         super().__init__(actual)
         self._inners: tuple[InnerQueueSubscriber[object], ...] = tuple(
-            InnerQueueSubscriber(self, prefetch) for _ in range(count)
+            _ZipInner(self, prefetch, index) for index in range(count)
         )
+        # Every source refills at the same count: tuples taken since the last
+        # refill are counted once here instead of per source.
+        self._limit = replenish_limit(prefetch) if prefetch < UNBOUNDED else UNBOUNDED
+        # Loop owner only. Invariant: _taken < _limit.
+        self._taken = 0
 
     def start(self, sources: tuple[Flow[object], ...]) -> None:
         actual = self._actual
@@ -772,6 +1128,54 @@ class _ZipMain(QueueDrain[tuple[object, ...]]):
             except Exception as error:  # a third-party subscribe() that raised
                 self._fail(error)
                 return
+
+    def _emit_direct(self, index: int, item: object) -> bool:
+        """Pair ``item`` (source ``index``) with the other heads now; ``False``: queue it."""
+        with self._lock:
+            if self._wip != 0 or self._requested == 0:
+                return False
+            self._wip = 1  # this thread is the loop owner until it lets go
+        inners = self._inners
+        actual = self._actual
+        terminal = self._terminal
+        if actual is None or terminal._ending is not None or terminal._closed or self._halted:
+            inners[index].queue.append(item)
+            self._run_drain()  # the loop decides: release, terminate or drain
+            return True
+        mine = inners[index]
+        for inner in inners:
+            if not inner.queue and inner is not mine:
+                # A loop that ran between our check and our claim took the
+                # head we saw: queue the item and let a pass decide.
+                mine.queue.append(item)
+                self._run_drain()
+                return True
+        # Only the loop owner pops, and every other queue is non-empty.
+        values = [item if inner is mine else inner.queue.popleft() for inner in inners]
+        try:
+            actual.on_next(tuple(values))
+        except Exception as fault:  # Rule 2.13: as the loop does
+            if terminal._closed:
+                report_undeliverable(fault, f"{self!r} after terminal/cancel")
+                self._release()
+            else:
+                self._terminate(actual, fault)
+            return True
+        self._took_one()
+        # done before the queue: items are queued before done is set. A head
+        # we took may have been a finished source's last: a pass completes.
+        over = False
+        for inner in inners:
+            if inner.done and not inner.queue:
+                over = True
+        with self._lock:
+            self._requested = produced(self._requested, 1)
+            more = over or self._wip != 1
+            if not more:
+                self._wip = 0
+        if more:
+            self._run_drain()  # work arrived meanwhile, or the end: one full pass
+        return True
 
     @override
     def hook_drain(self, actual: Subscriber[tuple[object, ...]], requested: int) -> int:
@@ -792,9 +1196,18 @@ class _ZipMain(QueueDrain[tuple[object, ...]]):
             values = tuple([inner.queue.popleft() for inner in inners])
             actual.on_next(values)
             emitted += 1
-            for inner in inners:
-                inner.consumed(1)
+            self._took_one()
         return emitted
+
+    def _took_one(self) -> None:
+        """One tuple was taken (loop owner): every source refills at 75% of ``prefetch``."""
+        taken = self._taken + 1
+        if taken < self._limit:
+            self._taken = taken
+            return
+        self._taken = 0
+        for inner in self._inners:
+            inner.consumed(taken)
 
     @override
     def hook_cancel_upstreams(self) -> None:

@@ -796,3 +796,258 @@ def test_concat_error_does_not_cancel_the_terminated_source() -> None:
     source.send_error(Boom("x"))
     assert [type(e) for e in subscriber.errors] == [Boom]
     assert not source.cancelled
+
+
+# -- known inners: Flow.just / Flow.empty / a tuple / a range are not subscribed -------------
+
+# The same matrix over inners of every kind: subscribed ones (a list is not a
+# known inner), known ones at full concurrency (their FIFO keeps the order),
+# and a mix of known, empty and subscribed inners.
+INNER_KIND_CASES: list[OperatorCase] = [
+    OperatorCase(
+        "flat_map_subscribed_inners",
+        lambda f: f.flat_map(lambda x: Flow.from_iterable([x, x + 1000]), max_concurrency=1),
+        _pairs,
+    ),
+    OperatorCase(
+        "flat_map_known_inners_full_concurrency",
+        lambda f: f.flat_map(lambda x: Flow.just(x, x + 1000)),
+        _pairs,
+    ),
+    OperatorCase(
+        "flat_map_mixed_inners",
+        lambda f: f.flat_map(
+            lambda x: (
+                Flow.empty()
+                if x % 3 == 0
+                else Flow.range(x, x + 1)
+                if x % 3 == 1
+                else Flow.from_iterable([x])
+            ),
+            max_concurrency=1,
+        ),
+        lambda xs: [x for x in xs if x % 3],
+    ),
+    OperatorCase(
+        "concat_map_subscribed_inners",
+        lambda f: f.concat_map(lambda x: Flow.from_iterable([x, x + 1000])),
+        _pairs,
+    ),
+    OperatorCase(
+        "concat_map_known_inners_prefetch_1",
+        lambda f: f.concat_map(lambda x: Flow.just(x, x + 1000), prefetch=1),
+        _pairs,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "scenario"),
+    [
+        pytest.param(case, scenario, id=f"{case.name}-{name}")
+        for case in INNER_KIND_CASES
+        for name, scenario in SCENARIOS.items()
+        if name != "raising_callback"
+    ],
+)
+def test_scenario_over_every_kind_of_inner(
+    case: OperatorCase, scenario: Callable[[OperatorCase], TestSubscriber[object]]
+) -> None:
+    scenario(case).assert_clean()
+
+
+def test_flat_map_known_inner_with_none_fails_after_its_items_as_when_subscribed() -> None:
+    from reactive_bp.sources._iterable import NoneItemError
+
+    subscriber: TestSubscriber[int | None] = TestSubscriber(UNBOUNDED)
+    Flow.just(1).flat_map(lambda x: Flow.from_iterable((x, None))).subscribe(subscriber)
+    assert subscriber.items == [1]
+    assert len(subscriber.errors) == 1 and isinstance(subscriber.errors[0], NoneItemError)
+    subscriber.assert_clean()
+
+
+def test_flat_map_known_inner_is_delivered_in_parts_against_demand() -> None:
+    subscriber: TestSubscriber[int] = TestSubscriber(1)
+    Flow.range(2).flat_map(lambda x: Flow.just(x, x + 10, x + 20)).subscribe(subscriber)
+    assert subscriber.items == [0]
+    subscriber.request(2)
+    assert subscriber.items == [0, 10, 20]
+    assert not subscriber.completed
+    subscriber.request(10)
+    assert subscriber.items == [0, 10, 20, 1, 11, 21]
+    assert subscriber.completed
+    subscriber.assert_clean()
+
+
+def test_flat_map_known_inners_hold_their_slot_until_delivered() -> None:
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    upstream.flat_map(Flow.just, max_concurrency=4).subscribe(subscriber)
+    upstream.emit_all_requested()
+    assert upstream.total_requested == 4  # nothing delivered: no slot is free
+    subscriber.request(2)
+    assert subscriber.items == [0, 1]
+    # Upstream had nothing outstanding, so the two free slots go back at once.
+    assert upstream.total_requested == 6
+    assert upstream.peak_outstanding <= 4
+    upstream.emit_all_requested(4)
+    subscriber.request(UNBOUNDED)
+    assert subscriber.items == [0, 1, 2, 3, 4, 5]
+    upstream.send_complete()
+    assert subscriber.completed
+    subscriber.assert_clean()
+
+
+def test_flat_map_empty_inners_give_their_slot_back_at_once() -> None:
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    upstream.flat_map(lambda _: Flow.empty(), max_concurrency=2).subscribe(subscriber)
+    # The strict publisher fails the test if a slot is not given back in time.
+    upstream.send_next(0, 1, 2, 3, 4, 5)
+    assert upstream.peak_outstanding <= 2
+    upstream.send_complete()
+    assert subscriber.completed and subscriber.items == []
+    subscriber.assert_clean()
+
+
+def test_flat_map_batched_slots_never_starve_upstream_behind_a_long_inner() -> None:
+    subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+    Flow.range(10).flat_map(
+        lambda x: Flow.never() if x == 0 else Flow.just(x), max_concurrency=2
+    ).subscribe(subscriber)
+    assert subscriber.items == list(range(1, 10))
+    assert not subscriber.is_terminated
+    subscriber.cancel()
+    subscriber.assert_clean()
+
+
+def test_flat_map_cancel_from_on_next_stops_direct_emission() -> None:
+    subscriber: TestSubscriber[int] = TestSubscriber(100, cancel_after=5)
+    Flow.range(50).flat_map(Flow.just).subscribe(subscriber)
+    assert subscriber.items == [0, 1, 2, 3, 4]
+    assert not subscriber.is_terminated
+    subscriber.assert_clean()
+
+
+def test_merge_cancel_from_on_next_stops_direct_emission() -> None:
+    subscriber: TestSubscriber[int] = TestSubscriber(100, cancel_after=5)
+    Flow.merge(Flow.range(50), Flow.range(100, 150)).subscribe(subscriber)
+    assert len(subscriber.items) == 5
+    assert not subscriber.is_terminated
+    subscriber.assert_clean()
+
+
+def test_zip_pairs_directly_under_one_by_one_demand() -> None:
+    subscriber: TestSubscriber[tuple[int, int]] = TestSubscriber(1, request_on_next=1)
+    Flow.zip(Flow.range(100), Flow.range(100, 250), prefetch=3).subscribe(subscriber)
+    assert subscriber.items == [(i, 100 + i) for i in range(100)]
+    assert subscriber.completed
+    subscriber.assert_clean()
+
+
+def test_zip_queues_quietly_until_every_source_has_an_item() -> None:
+    first: TestPublisher[int] = TestPublisher()
+    second: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[tuple[int, int]] = TestSubscriber(UNBOUNDED)
+    Flow.zip(first, second, prefetch=4).subscribe(subscriber)
+    first.send_next(1, 2, 3)
+    assert subscriber.items == []
+    second.send_next(10)
+    assert subscriber.items == [(1, 10)]
+    second.send_next(20, 30, 40)
+    assert subscriber.items == [(1, 10), (2, 20), (3, 30)]
+    first.send_complete()
+    assert subscriber.completed
+    assert second.cancelled
+    subscriber.assert_clean()
+
+
+def test_concat_map_known_inner_larger_than_demand_waits_for_demand() -> None:
+    subscriber: TestSubscriber[int] = TestSubscriber(1)
+    Flow.range(2).concat_map(lambda x: Flow.just(x, x + 10, x + 20)).subscribe(subscriber)
+    assert subscriber.items == [0]
+    subscriber.request(4)
+    assert subscriber.items == [0, 10, 20, 1, 11]
+    subscriber.request(1)
+    assert subscriber.items == [0, 10, 20, 1, 11, 21]
+    subscriber.request(1)  # a subscribed inner learns it is exhausted on the next request
+    assert subscriber.completed
+    subscriber.assert_clean()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda f: f.flat_map(Flow.just),
+        lambda f: f.flat_map(lambda x: Flow.just(x) if x % 2 else Flow.from_iterable([x])),
+        lambda f: f.concat_map(Flow.just),
+    ],
+    ids=["flat_map_known", "flat_map_mixed", "concat_map_known"],
+)
+def test_known_inners_with_demand_from_another_thread_keep_every_item(
+    build: Callable[[Flow[int]], Flow[int]],
+) -> None:
+    n = 5000
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    build(Flow.range(n)).subscribe(subscriber)
+    rng = random.Random(7)
+
+    def requester() -> None:
+        for _ in range(n):
+            subscriber.request(rng.randint(1, 8))
+            if subscriber.is_terminated:
+                return
+
+    threads = [threading.Thread(target=requester) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    subscriber.request(UNBOUNDED)
+    assert subscriber.await_terminal()
+    assert sorted(subscriber.items) == list(range(n))
+    subscriber.assert_clean()
+
+
+def test_flat_map_known_inners_take_turns_with_a_subscribed_inner() -> None:
+    upstream: TestPublisher[int] = TestPublisher()
+    subscribed: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    upstream.flat_map(
+        lambda i: subscribed if i == 0 else Flow.just(i * 10, i * 10 + 1), prefetch=4
+    ).subscribe(subscriber)
+    upstream.send_next(0)
+    subscribed.send_next(100, 101, 102)
+    upstream.send_next(1, 2)
+    for _ in range(4):
+        subscriber.request(1)  # one pass per request, each starting one turn later
+    assert 100 in subscriber.items and 10 in subscriber.items
+    subscriber.request(UNBOUNDED)
+    assert sorted(subscriber.items) == [10, 11, 20, 21, 100, 101, 102]
+    subscribed.send_complete()
+    upstream.send_complete()
+    assert subscriber.completed
+    subscriber.assert_clean()
+
+
+def test_flat_map_a_range_inner_larger_than_prefetch_delivers_everything() -> None:
+    # Longer than prefetch, it is not taken as known values (it could hold
+    # its turn for long): it is subscribed, prefetched and refilled.
+    subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+    Flow.just(0).flat_map(lambda _: Flow.range(100), prefetch=8).subscribe(subscriber)
+    assert subscriber.items == list(range(100))
+    assert subscriber.completed
+    subscriber.assert_clean()
+
+
+def test_zip_completes_when_a_finished_source_s_last_head_is_paired_directly() -> None:
+    # The shorter source completes while its items wait; its last head is
+    # taken by a direct pairing, which must then complete the stream.
+    for n in (1, 3, 4, 5, 20):
+        subscriber: TestSubscriber[tuple[int, int]] = TestSubscriber(UNBOUNDED)
+        Flow.zip(Flow.from_iterable(list(range(n))), Flow.range(100, 10_000), prefetch=4).subscribe(
+            subscriber
+        )
+        assert subscriber.items == [(i, 100 + i) for i in range(n)]
+        assert subscriber.completed
+        subscriber.assert_clean()
