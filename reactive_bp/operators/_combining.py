@@ -729,8 +729,9 @@ class _ConcatMapInner(SubscriptionArbiter, Generic[R]):
     def hook_on_bad_request(
         self, n: object, error: Exception, upstream: Subscription | None
     ) -> None:
-        # The parent's gate serializes the error with inner items.
-        self._parent._fail(error)
+        # The parent's gate serializes the error with inner items; after the
+        # stream ended a bad request is a no-op (Rule 3.6).
+        self._parent._fail(error, quiet=True)
 
 
 class _ConcatMapMain(Generic[T, R]):
@@ -901,9 +902,13 @@ class _ConcatMapMain(Generic[T, R]):
 
     # -- terminal ---------------------------------------------------------------------------------
 
-    def _fail(self, error: Exception) -> None:
-        if not self._terminal.fail(error, eager=True):
-            return  # reported by the terminal
+    def _fail(self, error: Exception, *, quiet: bool = False) -> None:
+        if not self._terminal.fail(error, eager=True, quiet=quiet):
+            # Too late (reported unless quiet). An ending recorded first may
+            # have found the gate busy and left its delivery to the thread in
+            # on_next, which may be this one, failing: deliver it now.
+            self._deliver_terminal()
+            return
         self._halted = True
         self._inner.cancel()
         cancel_quietly(self._upstream)
