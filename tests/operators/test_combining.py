@@ -1051,3 +1051,68 @@ def test_zip_completes_when_a_finished_source_s_last_head_is_paired_directly() -
         assert subscriber.items == [(i, 100 + i) for i in range(n)]
         assert subscriber.completed
         subscriber.assert_clean()
+
+
+class _RaisingAfterRace:
+    """Records signals; its first on_next lets another thread end the stream, then raises."""
+
+    def __init__(self, end: Callable[[], None]) -> None:
+        self.signals: list[object] = []
+        self._end = end
+        self.subscription: object = None
+
+    def on_subscribe(self, subscription: object) -> None:
+        self.subscription = subscription
+        subscription.request(5)  # type: ignore[attr-defined]
+
+    def on_next(self, item: object) -> None:
+        self.signals.append(item)
+        thread = threading.Thread(target=self._end)  # ends the stream while we hold the gate
+        thread.start()
+        thread.join()
+        raise RuntimeError("subscriber on_next raised")
+
+    def on_error(self, error: Exception) -> None:
+        self.signals.append(error)
+
+    def on_complete(self) -> None:
+        self.signals.append("complete")
+
+
+@pytest.mark.parametrize("ending", ["upstream error", "bad request"])
+def test_concat_map_delivers_an_ending_recorded_while_a_raising_on_next_held_the_gate(
+    ending: str, undeliverable: list[tuple[BaseException, str]]
+) -> None:
+    """Regression: the recorded ending was never delivered and the stream hung."""
+    upstream: TestPublisher[int] = TestPublisher(strict=False)
+    failure = Boom("upstream failed")
+
+    def end() -> None:
+        if ending == "upstream error":
+            upstream.send_error(failure)
+        else:
+            subscriber.subscription.request(0)  # type: ignore[attr-defined]
+
+    subscriber = _RaisingAfterRace(end)
+    upstream.concat_map(Flow.just).subscribe(subscriber)
+    upstream.send_next(1)
+    assert len(subscriber.signals) == 2, subscriber.signals
+    last = subscriber.signals[1]
+    if ending == "upstream error":
+        assert last is failure
+    else:
+        assert isinstance(last, NonPositiveRequestError)
+    assert [type(error) for error, _ in undeliverable] == [RuntimeError]
+
+
+def test_concat_map_bad_request_after_completion_is_a_no_op(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    """Rule 3.6: a request(0) after the terminal signal is neither signalled nor reported."""
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    Flow.range(0, 2).concat_map(Flow.just).subscribe(subscriber)
+    subscriber.request(10)
+    assert subscriber.completed
+    subscriber.request(0)
+    assert subscriber.items == [0, 1] and not subscriber.errors
+    assert undeliverable == []
