@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from typing_extensions import override
 
 from .._core._demand import check_request
 from .._core._operator import OperatorSubscriber
+from ._fusion import fuse
 from ._lift import LiftFlow
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class _FilterSubscriber(OperatorSubscriber[T, T]):
 
 def filter_(source: Flow[T], predicate: Callable[[T], object]) -> Flow[T]:
     """See :meth:`Flow.filter`."""
+    fused = fuse(source, "filter", predicate)
+    if fused is not None:
+        return cast("Flow[T]", fused)
     return LiftFlow(source, partial(_FilterSubscriber, predicate=predicate), "filter")
 
 
@@ -112,6 +116,9 @@ class _TakeSubscriber(OperatorSubscriber[T, T]):
 def take(source: Flow[T], count: int) -> Flow[T]:
     """See :meth:`Flow.take`."""
     _check_count("take", count)
+    fused = fuse(source, "take", count)
+    if fused is not None:
+        return cast("Flow[T]", fused)
     return LiftFlow(source, partial(_TakeSubscriber, count=count), "take")
 
 
@@ -138,6 +145,9 @@ class _SkipSubscriber(OperatorSubscriber[T, T]):
 def skip(source: Flow[T], count: int) -> Flow[T]:
     """See :meth:`Flow.skip`."""
     _check_count("skip", count)
+    fused = fuse(source, "skip", count)
+    if fused is not None:
+        return cast("Flow[T]", fused)
     return LiftFlow(source, partial(_SkipSubscriber, count=count), "skip")
 
 
@@ -165,6 +175,9 @@ class _TakeWhileSubscriber(OperatorSubscriber[T, T]):
 
 def take_while(source: Flow[T], predicate: Callable[[T], object]) -> Flow[T]:
     """See :meth:`Flow.take_while`."""
+    fused = fuse(source, "take_while", predicate)
+    if fused is not None:
+        return cast("Flow[T]", fused)
     return LiftFlow(source, partial(_TakeWhileSubscriber, predicate=predicate), "take_while")
 
 
@@ -192,6 +205,9 @@ class _SkipWhileSubscriber(OperatorSubscriber[T, T]):
 
 def skip_while(source: Flow[T], predicate: Callable[[T], object]) -> Flow[T]:
     """See :meth:`Flow.skip_while`."""
+    fused = fuse(source, "skip_while", predicate)
+    if fused is not None:
+        return cast("Flow[T]", fused)
     return LiftFlow(source, partial(_SkipWhileSubscriber, predicate=predicate), "skip_while")
 
 

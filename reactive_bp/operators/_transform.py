@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from typing_extensions import override
 
@@ -12,6 +12,7 @@ from .._core._demand import check_request, multiply_cap
 from .._core._hooks import report_undeliverable
 from .._core._operator import OperatorSubscriber
 from .._core._signals import signal_complete
+from ._fusion import fuse
 from ._lift import LiftFlow
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ class _MapSubscriber(OperatorSubscriber[T, R]):
 
 def map_(source: Flow[T], mapper: Callable[[T], R]) -> Flow[R]:
     """See :meth:`Flow.map`."""
+    fused = fuse(source, "map", mapper)
+    if fused is not None:
+        return cast("Flow[R]", fused)
     return LiftFlow(source, partial(_MapSubscriber, mapper=mapper), "map")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from typing_extensions import override
 
@@ -25,20 +25,45 @@ class NoneItemError(TypeError):
     """A source met ``None``, which is never a valid item (Rule 2.13)."""
 
 
+_END: Any = object()
+"""What ``next(iterator, _END)`` returns once the iterator is exhausted."""
+
+
 class _IteratorSubscription(PullSubscription[T]):
-    __slots__ = ("_iterator", "_source")
+    __slots__ = ("_iterator", "_source", "_try_on_next")
 
     def __init__(self, actual: Subscriber[T], iterator: Iterator[T], source: object) -> None:
         super().__init__(actual)
         self._iterator = iterator
         self._source = source
+        # Looked up once, not once per batch: with request(1) per item a batch
+        # is one item, and the lookup was a measurable share of its cost.
+        self._try_on_next: Callable[[T], bool] | None = getattr(actual, "try_on_next", None)
 
     @override
     def _emit(self, actual: Subscriber[T], n: int) -> int:
-        try_on_next: Callable[[T], bool] | None = getattr(actual, "try_on_next", None)
+        try_on_next = self._try_on_next
         if try_on_next is not None:
             return self._emit_conditional(actual, try_on_next, n)
         on_next = actual.on_next
+        if n == 1:
+            # request(1) per item: one next() instead of an islice and a loop.
+            try:
+                item = next(self._iterator, _END)
+            except Exception as error:
+                self._finish(actual, error)
+                return 0
+            if item is _END:
+                self._finish(actual)
+                return 0
+            if item is None:
+                self._finish(actual, NoneItemError(f"{self._source!r} produced None"))
+                return 0
+            try:
+                on_next(item)
+            except Exception as fault:
+                raise SubscriberFault(fault) from None
+            return 1
         emitted = 0
         try:
             # islice advances the iterator at most n times: nothing is pulled
@@ -94,6 +119,8 @@ class _IteratorSubscription(PullSubscription[T]):
 
     @override
     def _on_release(self) -> None:
+        # Rule 3.13: the bound method would keep the subscriber reachable.
+        self._try_on_next = None
         # Let a generator run its finally blocks now, not at garbage collection.
         close = getattr(self._iterator, "close", None)
         self._iterator = iter(())
