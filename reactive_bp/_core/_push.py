@@ -12,8 +12,19 @@ How the rules hold:
 
 * Rule 1.3 (serial signals) and Rule 3.3 (bounded recursion): one thread at a
   time owns the drain loop (``_draining``); a ``request``, ``offer`` or
-  terminal call that arrives meanwhile sets ``_missed`` and returns, and the
-  owner looks again before it lets go.
+  terminal call that brings deliverable work meanwhile sets ``_missed`` and
+  returns, and the owner looks again before it lets go. Ownership is taken in
+  the same critical section that changed the state, so deciding whether a
+  pass is needed costs one lock acquisition; work that cannot be delivered
+  yet (an item without demand, demand without items) needs no pass at all.
+* The fast path: an ``offer`` that finds demand, nothing queued and no loop
+  running takes ownership and hands the item straight to the subscriber
+  (counted as produced and delivered), then lets go unless work was missed
+  meanwhile, in which case it runs the loop. Items are delivered in order:
+  nothing was queued, and while it owns the loop nobody else delivers.
+* Costs only when used: ``on_dropped``'s list, the ttl stamps and water-mark
+  observations exist only when configured; producers are notified only when
+  one is waiting (``_waiters``, ``_async_waiters``).
 * Rules 1.7, 3.6, 3.7: how the stream ends is one ``Terminal``. Every
   transition of it is made under ``_lock``, and the drain loop reads
   ``terminal.ending`` in the same critical section as the queue, so "ended
@@ -36,7 +47,7 @@ import enum
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._demand import UNBOUNDED, add_cap, check_request, produced
@@ -46,6 +57,8 @@ from ._terminal import Terminal
 
 if TYPE_CHECKING:
     from ..abc import Subscriber
+
+_get_ident = threading.get_ident
 
 __all__ = [
     "BufferOverflowError",
@@ -282,6 +295,7 @@ class PushBuffer(Generic[T]):
         "_subscribe_thread",
         "_terminal",
         "_ttl",
+        "_waiters",
         "error_ahead",
         "name",
         "stats",
@@ -339,9 +353,14 @@ class PushBuffer(Generic[T]):
         # Closed (claimed by the drain loop, or cancelled): nothing more is
         # signalled. Read without the lock, it is one snapshot (Rule 1.7).
         self._terminal = Terminal(self)
+        # Invariant (all under _lock): _draining is true while one thread owns
+        # the drain loop (or a fast-path delivery), _drain_thread is that
+        # thread; _missed is set when deliverable work arrived meanwhile.
         self._draining = False
         self._drain_thread = 0
         self._missed = False
+        # Guarded by _lock: threads sleeping in offer_blocking on _cond.
+        self._waiters = 0
         self._callback_thread = 0  # the thread running on_request callbacks, if any
         # Guarded by _lock: the thread delivering on_subscribe and running a
         # synchronous producer (``subscribing()``); 0 outside subscribe().
@@ -428,31 +447,124 @@ class PushBuffer(Generic[T]):
 
     # -- producers --------------------------------------------------------------------
 
-    def offer(self, item: T) -> OfferResult:
+    def offer(self, item: T, count_refusal: bool = True) -> OfferResult:
         """Add ``item`` if the strategy allows; never blocks.
 
         A ``FULL`` answer (``WAIT`` strategy, no room) is counted in
-        ``stats.refused``.
+        ``stats.refused`` unless ``count_refusal`` is false (a waiting
+        producer that will offer the same item again).
         """
-        return self._offer(item, count_refusal=True)
-
-    def _offer(self, item: T, *, count_refusal: bool) -> OfferResult:
         if item is None:
             raise TypeError(f"{self.name}: None is not a valid item (Rule 2.13)")
-        dropped: list[T] = []
+        dropped: list[T] | None = None if self._on_dropped is None else []
+        terminal = self._terminal
+        drain = False
         with self._lock:
-            result = self._offer_locked(item, dropped)
-            if result is OfferResult.FULL and count_refusal:
-                self.stats.refused += 1
-        self._report_dropped(dropped)
-        if result is OfferResult.ENQUEUED or result is OfferResult.FAILED:
-            self._drain()
+            requested = self._requested
+            if (
+                requested
+                and not self._draining
+                and not self._queue
+                and terminal._ending is None
+                and not terminal._closed
+            ):
+                # The fast path: demand and nothing queued, so this item is the
+                # next one due; take the loop's ownership and hand it over.
+                actual = self._actual
+                if actual is not None:
+                    self._draining = True
+                    self._drain_thread = _get_ident()
+                    self._missed = False
+                    if requested != UNBOUNDED:
+                        self._requested = requested - 1
+                    stats = self.stats
+                    stats.produced += 1
+                    stats.delivered += 1
+                    since = stats._backpressured_since
+                    if since is not None:  # pressure_ended(), inlined
+                        stats.backpressured_seconds += time.monotonic() - since
+                        stats._backpressured_since = None
+            else:
+                actual = None
+            if actual is None:
+                result = self._offer_locked(item, dropped)
+                if result is OfferResult.FULL:
+                    if count_refusal:
+                        self.stats.refused += 1
+                elif (result is OfferResult.ENQUEUED and requested) or (
+                    result is OfferResult.FAILED
+                ):
+                    # _own_locked(), inlined on this hot path.
+                    if self._draining:
+                        self._missed = True  # the running loop will look again (Rule 3.3)
+                    elif not terminal._closed and self._actual is not None:
+                        self._draining = drain = True
+                        self._drain_thread = _get_ident()
+                        self._missed = False
+        if actual is not None:
+            # The loop owner's delivery (inlined: this is the hot path).
+            try:
+                actual.on_next(item)
+            except Exception as fault:  # Rule 2.13
+                self._failed_delivery(actual, fault, ())
+                return OfferResult.ENQUEUED
+            with self._lock:
+                if terminal._closed:  # cancelled during on_next (Rule 3.13)
+                    self._actual = None
+                    self._draining = False
+                    self._wake_producers_locked()
+                    drain = False
+                else:
+                    drain = self._missed  # work arrived meanwhile: stay the owner
+                    if not drain:
+                        self._draining = False
+            if drain:
+                self._drain_loop()
+            if self.water_marks is not None:
+                self.water_marks.observe(len(self._queue))
+            return OfferResult.ENQUEUED
+        if dropped:
+            self._report_dropped(dropped)
+        if drain:
+            self._drain_loop()
         if self.water_marks is not None:
             self.water_marks.observe(len(self._queue))
         return result
 
-    def _offer_locked(self, item: T, dropped: list[T]) -> OfferResult:
-        if self._refusing():
+    def _take_one_locked(self) -> T:
+        """Pop the oldest item for delivery by the loop owner (demand and an item exist)."""
+        queue = self._queue
+        item = queue.popleft()
+        requested = self._requested
+        if requested != UNBOUNDED:
+            self._requested = requested - 1
+        stats = self.stats
+        stats.delivered += 1
+        size = len(queue)
+        stats.depth = size
+        if self._waiters or self._async_waiters:
+            self._wake_producers_locked()
+        since = stats._backpressured_since
+        if since is not None and (size < self._capacity or size < self._requested):
+            stats.backpressured_seconds += time.monotonic() - since
+            stats._backpressured_since = None
+        return item
+
+    def _own_locked(self) -> bool:
+        """Take the drain loop (``True``), or tell its owner to look again (``False``)."""
+        if self._draining:
+            self._missed = True  # the running loop will look again (Rule 3.3)
+            return False
+        if self._terminal._closed or self._actual is None:
+            return False
+        self._draining = True
+        self._drain_thread = _get_ident()
+        self._missed = False
+        return True
+
+    def _offer_locked(self, item: T, dropped: list[T] | None) -> OfferResult:
+        terminal = self._terminal
+        if terminal._ending is not None or terminal._closed:
             return OfferResult.CLOSED
         queue = self._queue
         stats = self.stats
@@ -460,7 +572,8 @@ class PushBuffer(Generic[T]):
         if stamps is not None:
             self._expire_locked(dropped)  # expired items make room first
         stats.produced += 1
-        if len(queue) >= self._capacity and len(queue) >= self._requested:
+        size = len(queue)
+        if size >= self._capacity and size >= self._requested:
             overflow = self._overflow
             if stats._backpressured_since is None:
                 stats._backpressured_since = time.monotonic()
@@ -468,7 +581,11 @@ class PushBuffer(Generic[T]):
                 stats.produced -= 1  # not taken: the producer still holds it
                 return OfferResult.FULL
             if overflow is OverflowStrategy.DROP_NEWEST:
-                self._count_drop(item, "drop_newest", dropped)
+                stats.dropped += 1  # _count_drop(), inlined on the saturated path
+                by_reason = stats.dropped_by_reason
+                by_reason["drop_newest"] = by_reason.get("drop_newest", 0) + 1
+                if dropped is not None:
+                    dropped.append(item)
                 return OfferResult.DROPPED
             if overflow is OverflowStrategy.DROP_OLDEST:
                 self._count_drop(queue.popleft(), "drop_oldest", dropped)
@@ -505,11 +622,13 @@ class PushBuffer(Generic[T]):
             stats.peak_depth = depth
         return OfferResult.ENQUEUED
 
-    def _count_drop(self, item: T, reason: str, dropped: list[T]) -> None:
+    def _count_drop(self, item: T, reason: str, dropped: list[T] | None) -> None:
         stats = self.stats
         stats.dropped += 1
-        stats.dropped_by_reason[reason] = stats.dropped_by_reason.get(reason, 0) + 1
-        dropped.append(item)
+        by_reason = stats.dropped_by_reason
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+        if dropped is not None:  # a list only when there is an on_dropped to call
+            dropped.append(item)
 
     def _report_dropped(self, dropped: list[T]) -> None:
         on_dropped = self._on_dropped
@@ -521,7 +640,7 @@ class PushBuffer(Generic[T]):
             except Exception as error:
                 report_undeliverable(error, f"{self.name} on_dropped callback")
 
-    def _expire_locked(self, dropped: list[T]) -> None:
+    def _expire_locked(self, dropped: list[T] | None) -> None:
         stamps = self._stamps
         if not stamps or self._ttl is None:
             return
@@ -585,7 +704,7 @@ class PushBuffer(Generic[T]):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            result = self._offer(item, count_refusal=False)
+            result = self.offer(item, False)
             if result is not OfferResult.FULL:
                 return result
             with self._lock:
@@ -597,7 +716,11 @@ class PushBuffer(Generic[T]):
                     if remaining is not None and remaining <= 0:
                         self.stats.refused += 1
                         return OfferResult.FULL
-                    self._cond.wait(remaining if remaining is not None else 1.0)
+                    self._waiters += 1
+                    try:
+                        self._cond.wait(remaining if remaining is not None else 1.0)
+                    finally:
+                        self._waiters -= 1
                     continue
                 error = RuntimeError(f"{self.name}: a WAIT emit beyond demand {reason}")
                 self._terminal.fail(error)  # accepted: the stream is open (checked above)
@@ -633,7 +756,7 @@ class PushBuffer(Generic[T]):
         """Offer, awaiting room while the buffer is full (the WAIT strategy, coroutines)."""
         loop = asyncio.get_running_loop()
         while True:
-            result = self._offer(item, count_refusal=False)
+            result = self.offer(item, False)
             if result is not OfferResult.FULL:
                 return result
             await self._wait_for_room(loop)
@@ -700,32 +823,62 @@ class PushBuffer(Generic[T]):
 
     def request(self, n: int) -> None:
         """Add demand (Rules 3.8, 3.9, 3.17) and deliver what is buffered."""
-        error = check_request(n)
-        dropped: list[T] = []
-        with self._lock:
-            if self._terminal.is_closed:
-                return  # Rule 3.6
+        if n.__class__ is not int or n <= 0:  # the common valid case skips the call
+            error = check_request(n)
             if error is not None:
-                # Rule 3.9, eager: it cuts ahead of the queued items, which are dropped.
-                if self._terminal.fail(error, eager=True):
-                    while self._queue:
-                        self._count_drop(self._queue.popleft(), "cancelled", dropped)
-                    self.stats.depth = 0
-                    if self._stamps is not None:
-                        self._stamps.clear()
-                    self._requested = 0
+                self._bad_request(error)
+                return
+        terminal = self._terminal
+        queue = self._queue
+        item: T | None = None
+        with self._lock:
+            if terminal._closed:
+                return  # Rule 3.6
+            self._requested = add_cap(self._requested, n)
+            if self._waiters or self._async_waiters:
                 self._wake_producers_locked()
-            else:
-                self._requested = add_cap(self._requested, n)
-                self._wake_producers_locked()
-        if error is not None:
-            self._report_dropped(dropped)
-            self._run_cancel_callbacks()
-        elif self._request_callbacks:
-            previous = self._callback_thread
-            self._callback_thread = threading.get_ident()
+            callbacks = self._request_callbacks
+            # Demand with nothing queued and no ending needs no pass: the next
+            # offer takes it (the fast path), and complete/error drain.
+            drain = False
+            if not callbacks and (queue or terminal._ending is not None):
+                # _own_locked(), inlined on this hot path.
+                if self._draining:
+                    self._missed = True  # the running loop will look again (Rule 3.3)
+                elif self._actual is not None:
+                    self._draining = drain = True
+                    self._drain_thread = _get_ident()
+                    self._missed = False
+                    if queue and terminal._ending is None and self._stamps is None:
+                        # The loop's first delivery, made here (one pass fewer):
+                        # the oldest item, against the demand just added.
+                        item = self._take_one_locked()
+        if item is not None:
+            actual = self._actual
+            assert actual is not None  # the owner's subscriber is released only by the owner
+            if self.water_marks is not None:
+                self.water_marks.observe(len(queue))
             try:
-                for callback in list(self._request_callbacks):
+                actual.on_next(item)
+            except Exception as fault:  # Rule 2.13
+                self._failed_delivery(actual, fault, ())
+                return
+            with self._lock:
+                if terminal._closed:  # cancelled during on_next (Rule 3.13)
+                    self._actual = None
+                    self._draining = False
+                    self._wake_producers_locked()
+                    return
+                drain = self._missed or bool(queue and self._requested)
+                if not drain:
+                    self._draining = False
+        if drain:
+            self._drain_loop()
+        elif callbacks:
+            previous = self._callback_thread
+            self._callback_thread = _get_ident()
+            try:
+                for callback in list(callbacks):
                     try:
                         callback(n)
                     except Exception as fault:  # the producer failed: so does the stream
@@ -733,6 +886,24 @@ class PushBuffer(Generic[T]):
                         break
             finally:
                 self._callback_thread = previous
+            self._drain()
+
+    def _bad_request(self, error: Exception) -> None:
+        """Rule 3.9, eager: the error cuts ahead of the queued items, which are dropped."""
+        dropped: list[T] = []
+        with self._lock:
+            if self._terminal._closed:
+                return  # Rule 3.6
+            if self._terminal.fail(error, eager=True):
+                while self._queue:
+                    self._count_drop(self._queue.popleft(), "cancelled", dropped)
+                self.stats.depth = 0
+                if self._stamps is not None:
+                    self._stamps.clear()
+                self._requested = 0
+            self._wake_producers_locked()
+        self._report_dropped(dropped)
+        self._run_cancel_callbacks()
         self._drain()
 
     def cancel(self) -> None:
@@ -763,7 +934,10 @@ class PushBuffer(Generic[T]):
                 report_undeliverable(fault, f"{self.name} on_cancel callback")
 
     def _wake_producers_locked(self) -> None:
-        self._cond.notify_all()
+        if self._waiters:
+            self._cond.notify_all()
+        if not self._async_waiters:
+            return
         waiters, self._async_waiters = self._async_waiters, []
         for loop, future in waiters:
             if not loop.is_closed():
@@ -773,63 +947,65 @@ class PushBuffer(Generic[T]):
 
     def _drain(self) -> None:
         with self._lock:
-            if self._draining:
-                self._missed = True  # the running loop will look again (Rule 3.3)
-                return
-            if self._terminal.is_closed or self._actual is None:
-                return
-            self._draining = True
-            self._drain_thread = threading.get_ident()
+            drain = self._own_locked()
+        if drain:
+            self._drain_loop()
+
+    def _drain_loop(self) -> None:
+        """Deliver against demand, then the ending; the caller owns the loop (``_draining``)."""
         actual = self._actual
         lock = self._lock
         terminal = self._terminal
         stats = self.stats
+        queue = self._queue
         while True:
-            expired: list[T] = []
+            expired: list[T] | None = None
             with lock:
                 self._missed = False
-                if terminal.is_closed:  # cancelled (only this loop claims)
+                if terminal._closed or actual is None:  # cancelled (only this loop claims)
                     self._actual = None
                     self._draining = False
+                    self._wake_producers_locked()
                     return
                 if self._stamps is not None:
+                    expired = []
                     self._expire_locked(expired)  # never deliver an expired item
-                n = min(self._requested, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(n)]
-                if self._stamps is not None:
-                    for _ in range(n):
-                        self._stamps.popleft()
+                requested = self._requested
+                n = min(requested, len(queue))
+                batch: Sequence[T] = ()
                 if n:
-                    self._requested = produced(self._requested, n)
+                    # n == 1 apart: a comprehension is a function call (3.11).
+                    batch = [queue.popleft()] if n == 1 else [queue.popleft() for _ in range(n)]
+                    if self._stamps is not None:
+                        for _ in range(n):
+                            self._stamps.popleft()
+                    self._requested = produced(requested, n)
                     stats.delivered += n
-                    stats.depth = len(self._queue)
-                    self._wake_producers_locked()
-                    if stats._backpressured_since is not None and self._room_locked():
-                        stats.backpressured_seconds += time.monotonic() - stats._backpressured_since
-                        stats._backpressured_since = None
+                    stats.depth = len(queue)
+                    if self._waiters or self._async_waiters:
+                        self._wake_producers_locked()
+                    if stats._backpressured_since is not None:
+                        size = len(queue)  # _room_locked(), inlined
+                        if size < self._capacity or size < self._requested:
+                            stats.pressure_ended(time.monotonic())
             if expired:
                 self._report_dropped(expired)
             if self.water_marks is not None and (n or expired):
-                self.water_marks.observe(len(self._queue))
+                self.water_marks.observe(len(queue))
             sent = 0
             for item in batch:
-                if terminal.is_closed:  # Rule 3.6: cancelled mid-batch
+                if terminal._closed:  # Rule 3.6: cancelled mid-batch
                     break
                 sent += 1
                 try:
                     actual.on_next(item)
                 except Exception as fault:  # Rule 2.13
-                    self.cancel()
-                    self._unsend(batch[sent:])
-                    signal_error(actual, fault, self.name)
-                    with lock:
-                        self._draining = False
-                        self._actual = None
+                    self._failed_delivery(actual, fault, batch[sent:])
                     return
-            if sent < len(batch):
+            if sent < n:
                 self._unsend(batch[sent:])  # cancelled mid-batch: the rest never arrived
             with lock:
-                if terminal.is_closed:
+                if terminal._closed:
                     self._actual = None
                     self._draining = False
                     self._wake_producers_locked()
@@ -837,12 +1013,12 @@ class PushBuffer(Generic[T]):
                 # One snapshot, read with the queue under _lock (every transition
                 # of the terminal is made under it): an ending seen here already
                 # carries its error, so a failed stream never completes (Rule 1.7).
-                if terminal.ending is not None and not self._queue:
+                if terminal._ending is not None and not queue:
                     ending = terminal.claim()
                     self._actual = None
                     self._draining = False
                     self._wake_producers_locked()
-                elif not self._missed and (not batch or not self._requested or not self._queue):
+                elif not self._missed and (not n or not self._requested or not queue):
                     self._draining = False
                     return
                 else:
@@ -854,7 +1030,18 @@ class PushBuffer(Generic[T]):
                 signal_error(actual, ending.error, self.name)
             return
 
-    def _unsend(self, items: list[T]) -> None:
+    def _failed_delivery(
+        self, actual: Subscriber[T], fault: Exception, unsent: Sequence[T]
+    ) -> None:
+        """The subscriber's ``on_next`` raised (Rule 2.13): cancel, then signal ``fault``."""
+        self.cancel()
+        self._unsend(unsent)
+        signal_error(actual, fault, self.name)
+        with self._lock:
+            self._draining = False
+            self._actual = None
+
+    def _unsend(self, items: Sequence[T]) -> None:
         """Items popped for delivery that never reached the subscriber: count them dropped."""
         if not items:
             return

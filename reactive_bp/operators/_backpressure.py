@@ -362,7 +362,10 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
       and timers.
     * ``hook_item(item)``: an upstream item arrived. Count it
       (``stats.produced``), update the policy under ``_state`` and put what
-      may be delivered into ``_ready`` with ``_push_ready_locked``.
+      may be delivered into ``_ready`` with ``_push_ready_locked``. Return
+      whether ``_ready`` (or what ``_take_locked`` offers) changed: only then
+      does a drain pass run, so an item that is merely held (sampled,
+      debounced, throttled away) costs one lock and no pass.
     * ``hook_upstream_complete()``: upstream completed; release what should
       still be delivered (under ``_state``).
     * ``_take_locked()`` / ``_idle_locked()``: what the drain loop delivers
@@ -428,14 +431,15 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
         """Apply the policy to ``item``, then drain."""
         if item is None:
             raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
-        if self._halted or self._upstream_done:
-            return  # Rule 2.8
+        if self._halted or self._terminal._ending is not None:
+            return  # Rule 2.8: after cancel, or after upstream's own ending
         try:
-            self.hook_item(item)
+            deliverable = self.hook_item(item)
         except Exception as fault:
             self._fail(fault)
             return
-        self._schedule()
+        if deliverable:
+            self._schedule()
 
     @final
     def on_error(self, error: Exception) -> None:
@@ -466,8 +470,8 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
         """Make the initial upstream request (default: everything) and start timers."""
         self._upstream.request(UNBOUNDED)
 
-    def hook_item(self, item: T) -> None:
-        """Handle one upstream item."""
+    def hook_item(self, item: T) -> bool:
+        """Handle one upstream item; return whether something new may be delivered."""
         raise NotImplementedError
 
     def hook_upstream_complete(self) -> None:
@@ -639,7 +643,7 @@ class _Reduce(StrategySubscriber[T, R]):
         self._seed = seed
 
     @override
-    def hook_item(self, item: T) -> None:
+    def hook_item(self, item: T) -> bool:
         with self._state:
             self.stats.produced += 1
             previous = self._ready.pop()[0] if self._ready else None
@@ -667,6 +671,7 @@ class _Reduce(StrategySubscriber[T, R]):
                 self.stats.count_drop("reduced")
             self._ready.append((value, 1))
             self._held(1)
+        return True
 
 
 def on_backpressure_reduce(

@@ -119,14 +119,16 @@ class _Sample(_LatestHolder[T]):
         super().hook_start()
 
     @override
-    def hook_item(self, item: T) -> None:
+    def hook_item(self, item: T) -> bool:
         with self._state:
-            self.stats.produced += 1
+            stats = self.stats
+            stats.produced += 1
             if self._latest is None:
                 self._held(1)
             else:
-                self.stats.count_drop("sampled")
+                stats.count_drop("sampled")
             self._latest = item
+        return False  # only a tick makes it deliverable
 
     def _tick(self) -> None:
         with self._state:
@@ -177,7 +179,7 @@ class _ThrottleFirst(TimedStrategySubscriber[T, T]):
         self._gate = float("-inf")  # guarded by _state: when the gate opens again
 
     @override
-    def hook_item(self, item: T) -> None:
+    def hook_item(self, item: T) -> bool:
         now = self._clock()
         with self._state:
             self.stats.produced += 1
@@ -189,6 +191,8 @@ class _ThrottleFirst(TimedStrategySubscriber[T, T]):
                 self._gate = now + self._period
                 self._push_ready_locked(item)
                 self._held(1)
+                return True
+        return False
 
 
 def throttle_first(
@@ -227,17 +231,18 @@ class _ThrottleLatest(_LatestHolder[T]):
         self._window: Cancellable | None = None  # guarded by _state
 
     @override
-    def hook_item(self, item: T) -> None:
+    def hook_item(self, item: T) -> bool:
         with self._state:
             self.stats.produced += 1
             self._held(1)
             if self._window is None:
                 self._replace_ready_locked(item, "throttled")
-            else:
-                if self._latest is not None:
-                    self.stats.count_drop("throttled")
-                    self._held(-1)
-                self._latest = item
+                return True
+            if self._latest is not None:
+                self.stats.count_drop("throttled")
+                self._held(-1)
+            self._latest = item
+        return False  # the window's end makes it deliverable
 
     @override
     def hook_emitted(self, count: int) -> None:
@@ -298,7 +303,7 @@ class _Debounce(TimedStrategySubscriber[T, T]):
         self._timer: Cancellable | None = None
 
     @override
-    def hook_item(self, item: T) -> None:
+    def hook_item(self, item: T) -> bool:
         with self._state:
             self.stats.produced += 1
             if self._latest is None:
@@ -309,6 +314,7 @@ class _Debounce(TimedStrategySubscriber[T, T]):
             self._generation += 1
             self._untrack(self._timer)
             self._timer = self._after(self._period, partial(self._fire, self._generation))
+        return False  # the quiet period's end makes it deliverable
 
     def _fire(self, generation: int) -> None:
         with self._state:
@@ -390,7 +396,7 @@ class _Throttle(TimedStrategySubscriber[T, T]):
             self._tokens = min(float(self._burst), self._tokens + elapsed * self._refill_per_second)
 
     @override
-    def hook_item(self, item: T) -> None:
+    def hook_item(self, item: T) -> bool:
         with self._state:
             self.stats.produced += 1
             if self._enforce:
@@ -404,6 +410,7 @@ class _Throttle(TimedStrategySubscriber[T, T]):
                 self._tokens -= 1
             self._push_ready_locked(item)
             self._held(1)
+        return True
 
     @override
     def _budget_locked(self, wanted: int) -> int:
@@ -510,7 +517,7 @@ class _BufferTimeout(TimedStrategySubscriber[T, list[T]]):
         self.request_upstream(self._max_size)
 
     @override
-    def hook_item(self, item: T) -> None:
+    def hook_item(self, item: T) -> bool:
         with self._state:
             self.stats.produced += 1
             self._held(1)
@@ -521,6 +528,7 @@ class _BufferTimeout(TimedStrategySubscriber[T, list[T]]):
                 self._timer = self._after(self._max_time, partial(self._fire, self._generation))
             if len(batch) >= self._max_size:
                 self._due = True
+            return self._due
 
     def _fire(self, generation: int) -> None:
         with self._state:

@@ -381,3 +381,62 @@ def test_real_time_smoke_thread_producer_slow_consumer() -> None:
     assert items == sorted(items) and 0 < len(items) <= 3000
     assert stats.produced == 3000 == stats.delivered + stats.dropped
     assert stats.peak_depth <= 32
+
+
+# -- saturation: the paths benchmarks/strategies.py measures ---------------------------------
+
+
+def _expected_at_saturation(kept: Callable[[list[int], int], list[int]], n: int) -> list[int]:
+    """What a reference model delivers when one item is granted per two produced."""
+    held: list[int] = []
+    delivered: list[int] = []
+    demand = 0
+    for i in range(0, n, 2):
+        for item in (i, i + 1):
+            if demand and not held:
+                demand -= 1
+                delivered.append(item)
+            else:
+                held = kept(held, item)
+            if item == i:
+                demand += 1
+                while demand and held:
+                    demand -= 1
+                    delivered.append(held.pop(0))
+    return delivered
+
+
+@pytest.mark.parametrize(
+    ("apply", "kept"),
+    [
+        (
+            lambda f, m: f.on_backpressure_buffer(4, OverflowStrategy.DROP_OLDEST, meter=m),
+            lambda held, item: [*held, item][-4:],
+        ),
+        (lambda f, m: f.on_backpressure_latest(meter=m), lambda held, item: [item]),
+        (lambda f, m: f.on_backpressure_drop(meter=m), lambda held, item: held),
+    ],
+    ids=["buffer_drop_oldest", "latest", "drop"],
+)
+def test_saturated_strategies_deliver_in_order_and_count_every_item(
+    apply: Callable[[Flow[int], BackpressureMeter], Flow[int]],
+    kept: Callable[[list[int], int], list[int]],
+) -> None:
+    # Direct hand-off when there is demand and nothing queued, and no pass when
+    # there is nothing to deliver, must not change what is delivered or counted.
+    meter = BackpressureMeter("saturated")
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    apply(upstream, meter).subscribe(subscriber)
+    n = 200
+    for i in range(0, n, 2):
+        upstream.send_next(i)
+        subscriber.request(1)
+        upstream.send_next(i + 1)
+    assert subscriber.items == _expected_at_saturation(kept, n)
+    subscriber.assert_clean()
+    stats = meter.stats
+    assert stats is not None
+    assert stats.produced == n
+    assert stats.delivered == len(subscriber.items)
+    assert stats.produced == stats.delivered + stats.dropped + stats.depth

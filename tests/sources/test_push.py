@@ -708,3 +708,98 @@ def _race_once(run: int) -> list[Exception]:
     assert stats.delivered == len(subscriber.items)
     cancelled_first = subscriber.cancelled and fails and not subscriber.errors
     return [error] if cancelled_first else []
+
+
+class _Reentrant:
+    """Emits the next item from inside ``on_next`` and records the nesting depth."""
+
+    def __init__(self, emitters: list[Emitter[int]], last: int) -> None:
+        self._emitters = emitters
+        self._last = last
+        self.items: list[int] = []
+        self.depth = 0
+        self.max_depth = 0
+        self.completed = False
+
+    def on_subscribe(self, subscription: object) -> None:
+        subscription.request(self._last + 1)  # type: ignore[attr-defined]
+
+    def on_next(self, item: int) -> None:
+        self.depth += 1
+        self.max_depth = max(self.max_depth, self.depth)
+        self.items.append(item)
+        if item < self._last:
+            self._emitters[0].emit(item + 1)
+        self.depth -= 1
+
+    def on_error(self, error: Exception) -> None:
+        raise AssertionError(error)
+
+    def on_complete(self) -> None:
+        self.completed = True
+
+
+def test_an_offer_from_inside_a_direct_delivery_follows_it_in_order() -> None:
+    # The fast path hands an item straight to the subscriber; an offer made
+    # from inside that on_next is queued and delivered after it returns, by the
+    # same loop owner (Rule 1.3), never nested (Rule 3.3).
+    emitters: list[Emitter[int]] = []
+    subscriber = _Reentrant(emitters, last=9)
+    Flow.create(emitters.append, capacity=1).subscribe(subscriber)
+    emitters[0].emit(0)
+    emitters[0].complete()
+    assert subscriber.items == list(range(10))
+    assert subscriber.max_depth == 1
+    assert subscriber.completed
+    stats = emitters[0].stats
+    assert (stats.produced, stats.delivered, stats.dropped, stats.depth) == (10, 10, 0, 0)
+
+
+def test_cancel_inside_a_direct_delivery_releases_the_subscriber() -> None:
+    emitters: list[Emitter[int]] = []
+    subscriber: TestSubscriber[int] = TestSubscriber(5, cancel_after=1)
+    Flow.create(emitters.append, capacity=4, overflow=OverflowStrategy.DROP_NEWEST).subscribe(
+        subscriber
+    )
+    (emitter,) = emitters
+    assert emitter.emit(1) is OfferResult.ENQUEUED  # delivered directly, then cancelled
+    assert emitter.emit(2) is OfferResult.CLOSED
+    assert subscriber.items == [1] and subscriber.cancelled
+    assert emitter._buffer._actual is None  # Rule 3.13
+    stats = emitter.stats
+    assert stats.produced == stats.delivered + stats.dropped + stats.depth == 1
+    subscriber.assert_clean()
+
+
+def test_a_raising_on_next_in_a_direct_delivery_fails_the_stream() -> None:
+    fault = ValueError("subscriber broke")
+    errors: list[Exception] = []
+
+    def boom(item: int) -> None:
+        raise fault
+
+    emitters: list[Emitter[int]] = []
+    Flow.create(emitters.append, capacity=4).subscribe_with(boom, errors.append)
+    (emitter,) = emitters
+    assert emitter.emit(1) is OfferResult.ENQUEUED
+    assert errors == [fault]  # Rule 2.13
+    assert emitter.is_cancelled
+    assert emitter.emit(2) is OfferResult.CLOSED
+    assert emitter.stats.delivered == 1
+
+
+def test_demand_without_items_is_taken_by_the_next_offer() -> None:
+    # request() with nothing queued runs no pass; the demand is kept and the
+    # next offer (from another thread here) delivers at once.
+    source: SourceQueue[int] = SourceQueue(4)
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    source.flow.subscribe(subscriber)
+    subscriber.request(2)
+    producer = threading.Thread(target=lambda: [source.offer(i) for i in range(3)])
+    producer.start()
+    producer.join(5)
+    assert subscriber.items == [0, 1]
+    assert source.stats.depth == 1
+    subscriber.request(1)
+    assert subscriber.items == [0, 1, 2]
+    subscriber.assert_clean()
