@@ -790,12 +790,15 @@ class PushBuffer(Generic[T]):
             self._wake_producers_locked()  # waiting producers learn it is CLOSED
         self._drain()
 
-    def error(self, error: Exception) -> None:
+    def error(self, error: Exception, *, supersede: bool = False) -> None:
         """Fail the stream (after the buffered items, or ahead of them with ``error_ahead``).
 
         A second error is reported to the undeliverable hook (Rule 1.7), except
         the very error the stream already ended with (a producer re-raising
-        what ``offer_blocking`` raised).
+        what ``offer_blocking`` raised). So is an error after ``complete()``:
+        the producer's completion stands. ``supersede`` is for the owner's own
+        failure (a raising ``on_dropped``): with ``error_ahead`` it replaces a
+        completion still waiting behind the items.
         """
         if not isinstance(error, Exception):
             raise TypeError(f"error() needs an Exception, got {error!r}")
@@ -805,7 +808,8 @@ class PushBuffer(Generic[T]):
             if ending is not None and ending.error is error:
                 return
             eager = self.error_ahead
-            if not self._terminal.fail(error, eager=eager):
+            # An upstream error never supersedes upstream's completion (Rule 1.7).
+            if not self._terminal.fail(error, eager=eager, supersede=eager and supersede):
                 return  # reported by the terminal: too late (Rule 1.7)
             self._wake_producers_locked()  # waiting producers learn it is CLOSED
             if eager:
@@ -894,7 +898,7 @@ class PushBuffer(Generic[T]):
         with self._lock:
             if self._terminal._closed:
                 return  # Rule 3.6
-            if self._terminal.fail(error, eager=True):
+            if self._terminal.fail(error, eager=True, quiet=True):  # Rule 3.6 once ended
                 while self._queue:
                     self._count_drop(self._queue.popleft(), "cancelled", dropped)
                 self.stats.depth = 0
@@ -1033,8 +1037,16 @@ class PushBuffer(Generic[T]):
     def _failed_delivery(
         self, actual: Subscriber[T], fault: Exception, unsent: Sequence[T]
     ) -> None:
-        """The subscriber's ``on_next`` raised (Rule 2.13): cancel, then signal ``fault``."""
+        """The subscriber's ``on_next`` raised (Rule 2.13): cancel, then signal ``fault``.
+
+        An ending still waiting behind the queue (an upstream error) is
+        superseded by ``fault``: it is reported, never silently dropped.
+        """
+        closing = not self._terminal.is_closed
         self.cancel()
+        waiting = self._terminal.ending
+        if closing and waiting is not None and waiting.error is not None:
+            report_undeliverable(waiting.error, f"{self.name}: superseded by {fault!r}")
         self._unsend(unsent)
         signal_error(actual, fault, self.name)
         with self._lock:

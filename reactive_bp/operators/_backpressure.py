@@ -166,7 +166,9 @@ class _BufferSubscriber(Generic[T]):
         self._failed = False
         callback = None if spec.on_dropped is None else self._dropped
         self._buffer: PushBuffer[T] = spec.build(callback)
-        self._actual = actual  # attached to the buffer in on_subscribe
+        # Invariant: the subscriber until on_subscribe hands it to the buffer,
+        # None after (the buffer alone holds it, and drops it on cancel: Rule 3.13).
+        self._actual: Subscriber[T] | None = actual
         if spec.meter is not None:
             spec.meter.attach(self._buffer.stats)
         # Invariant: CANCELLED until on_subscribe; the one upstream after.
@@ -195,7 +197,9 @@ class _BufferSubscriber(Generic[T]):
             return
         self._upstream = subscription
         self._buffer.on_cancel(self._cancel_upstream)
-        self._buffer.attach(self._actual)
+        actual, self._actual = self._actual, None
+        assert actual is not None  # a second on_subscribe returned above (Rule 2.5)
+        self._buffer.attach(actual)
         if not self._buffer.is_closed:
             subscription.request(UNBOUNDED)
 
@@ -234,7 +238,7 @@ class _BufferSubscriber(Generic[T]):
             self._failed = True
             self._cancel_upstream()
             self._buffer.error_ahead = True
-            self._buffer.error(fault)
+            self._buffer.error(fault, supersede=True)  # the operator's own failure cuts ahead
 
     def _arm_ttl(self) -> None:
         """Keep one sweep scheduled for when the oldest item expires."""

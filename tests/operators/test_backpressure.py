@@ -8,7 +8,10 @@ requested; upstream asked for exactly what the operator declares.
 
 from __future__ import annotations
 
+import gc
+import random
 import threading
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -440,3 +443,27 @@ def test_saturated_strategies_deliver_in_order_and_count_every_item(
     assert stats.produced == n
     assert stats.delivered == len(subscriber.items)
     assert stats.produced == stats.delivered + stats.dropped + stats.depth
+
+
+_HOLDING: list[tuple[str, Callable[[Flow[int]], Flow[int]]]] = [
+    ("on_backpressure_buffer", lambda f: f.on_backpressure_buffer(8)),
+    ("on_backpressure_drop", lambda f: f.on_backpressure_drop()),
+    ("on_backpressure_latest", lambda f: f.on_backpressure_latest()),
+    ("sample_adaptive", lambda f: f.sample_adaptive(1.0, 0.1, 0.5, 8, random.Random(0))),
+]
+
+
+@pytest.mark.parametrize(("name", "apply"), _HOLDING, ids=[name for name, _ in _HOLDING])
+def test_cancel_releases_the_subscriber(name: str, apply: Callable[[Flow[int]], Flow[int]]) -> None:
+    """Rule 3.13: after cancel, a held subscription no longer keeps the subscriber alive."""
+    upstream: TestPublisher[int] = TestPublisher(strict=False)
+    subscriber: TestSubscriber[int] = TestSubscriber(1)
+    apply(upstream).subscribe(subscriber)
+    upstream.send_next(1)
+    subscription = subscriber.subscription
+    subscriber.cancel()
+    gone = weakref.ref(subscriber)
+    del subscriber
+    gc.collect()
+    assert gone() is None, f"{name} keeps the subscriber reachable after cancel"
+    assert subscription is not None

@@ -624,7 +624,7 @@ def test_an_error_ahead_supersedes_a_completion_still_behind_items() -> None:
     buffer.offer(2)
     buffer.complete()  # not delivered yet: two items are ahead of it
     failure = LookupError("e.g. a raising on_dropped")
-    buffer.error(failure)
+    buffer.error(failure, supersede=True)
     subscriber.request(10)
     assert subscriber.items == [] and subscriber.errors == [failure]
     assert not subscriber.completed
@@ -803,3 +803,47 @@ def test_demand_without_items_is_taken_by_the_next_offer() -> None:
     subscriber.request(1)
     assert subscriber.items == [0, 1, 2]
     subscriber.assert_clean()
+
+
+def test_a_producer_error_after_complete_is_reported_and_the_completion_stands(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    """Rule 1.7: even with error_ahead, a producer's late error never replaces its completion."""
+    buffer: PushBuffer[int] = PushBuffer(
+        None, 4, OverflowStrategy.DROP_NEWEST, name="test", error_ahead=True
+    )
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    buffer.attach(subscriber)
+    buffer.offer(1)
+    buffer.complete()
+    late = LookupError("late")
+    buffer.error(late)
+    subscriber.request(10)
+    assert subscriber.items == [1] and subscriber.completed and not subscriber.errors
+    assert [error for error, _ in undeliverable] == [late]
+
+
+def test_an_upstream_error_waiting_behind_items_is_reported_when_on_next_raises(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    """A raising on_next supersedes the waiting error: reported, never silently lost."""
+    buffer: PushBuffer[int] = PushBuffer(None, 4, OverflowStrategy.DROP_NEWEST, name="test")
+    fault = RuntimeError("subscriber bug")
+    received: list[object] = []
+
+    class Raising(TestSubscriber[int]):
+        def on_next(self, item: int) -> None:
+            raise fault
+
+        def on_error(self, error: Exception) -> None:
+            received.append(error)
+
+    subscriber = Raising()
+    buffer.attach(subscriber)
+    buffer.offer(1)
+    waiting = LookupError("upstream failed")
+    buffer.error(waiting)
+    subscriber.request(1)
+    assert received == [fault]
+    assert [error for error, _ in undeliverable] == [waiting]
+
