@@ -31,7 +31,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/thread_hop.py
+	$(BIN)/python benchmarks/backpressure_paths.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/async_paths.py
+	$(BIN)/python benchmarks/combining.py
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache

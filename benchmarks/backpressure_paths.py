@@ -33,7 +33,7 @@ Groups and their alternatives:
   with ``subscribe_with`` (unbounded demand), sums. Alternative: two threads
   around ``queue.Queue(maxsize=1024)``.
 
-Run: ``.venv/bin/python benchmarks/strategies.py [--n N] [--repeat R] [--only GROUP]``
+Run: ``.venv/bin/python benchmarks/backpressure_paths.py [--n N] [--repeat R] [--only GROUP]``
 (part of ``make bench``). Speed is never asserted in the test suite.
 """
 
