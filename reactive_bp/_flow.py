@@ -305,8 +305,10 @@ class Flow(Generic[T_co]):
             async generator a b c   from_async_iterable   ^-a-b-c-|
 
         Demand: one ``__anext__`` per requested item, awaited in one task on
-        ``loop`` (default: the loop running when ``subscribe`` is called).
-        ``request`` may come from any thread.
+        ``loop`` (default: the loop running when ``subscribe`` is called);
+        with a conditional downstream (``filter``) a rejected item consumes no
+        demand, as with ``from_iterable``. ``request`` may come from any
+        thread; a bad ``request`` (Rule 3.9) cuts in within 64 pulls.
 
         Cancellation: the pump task is cancelled and the iterator ``aclose``d.
 
