@@ -846,4 +846,3 @@ def test_an_upstream_error_waiting_behind_items_is_reported_when_on_next_raises(
     subscriber.request(1)
     assert received == [fault]
     assert [error for error, _ in undeliverable] == [waiting]
-
