@@ -15,6 +15,13 @@ Where calls run:
   ``VirtualTimeScheduler`` when the test says so), else on a private pool of
   ``max_concurrency`` threads owned by the subscription and shut down when
   it terminates or is cancelled.
+
+A call the scheduler never runs fails like a call that raised: a
+``schedule`` that raises fails the stream at once, and a call the scheduler
+accepted and then dropped (a ``ThreadPoolScheduler`` shut down while it was
+queued) is reported back through ``RejectableAction.on_rejected`` as that
+call's error (``RejectedExecutionError``, naming the pool), so the stream
+ends with ``on_error`` instead of waiting forever for its result.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
 from typing_extensions import override
@@ -36,7 +44,8 @@ from .._core._operator import CANCELLED, EmptySubscription
 from .._core._queue_drain import QueueDrain
 from .._core._signals import signal_error
 from .._flow import Flow
-from ..schedulers import AsyncioScheduler
+from ..schedulers import AsyncioScheduler, RejectedExecutionError
+from ..schedulers._base import RejectableAction
 
 if TYPE_CHECKING:
     from ..abc import Subscriber, Subscription
@@ -97,7 +106,11 @@ def _call(fn: Callable[[T], R], item: T, slot: _Slot[R], on_done: Completion[R])
 
 
 class _SchedulerRunner(Generic[T, R]):
-    """Blocking calls as ``scheduler.schedule`` actions (a pool, virtual time, ...)."""
+    """Blocking calls as ``scheduler.schedule`` actions (a pool, virtual time, ...).
+
+    Each call is a ``RejectableAction``: if the scheduler drops it unrun, the
+    call finishes with the rejection as its error (``on_done``).
+    """
 
     __slots__ = ("_fn", "_scheduler")
 
@@ -107,7 +120,13 @@ class _SchedulerRunner(Generic[T, R]):
 
     def submit(self, item: T, slot: _Slot[R], on_done: Completion[R]) -> Cancellable | None:
         fn = self._fn
-        return self._scheduler.schedule(lambda: _call(fn, item, slot, on_done))
+
+        def rejected(error: Exception) -> None:
+            on_done(slot, None, error)
+
+        return self._scheduler.schedule(
+            RejectableAction(partial(_call, fn, item, slot, on_done), rejected)
+        )
 
     def close(self) -> None:
         pass  # the scheduler belongs to the caller
@@ -244,9 +263,9 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
     already running finishes and its result is dropped); shuts down a
     private pool.
 
-    Errors: the first error (from ``fn``, upstream, or a Rule 3.9 request)
-    cuts ahead of the finished results, cancels everything else and is
-    signalled once.
+    Errors: the first error (from ``fn``, upstream, a Rule 3.9 request, or
+    the scheduler refusing or dropping a call) cuts ahead of the finished
+    results, cancels everything else and is signalled once.
     """
 
     __slots__ = (
@@ -336,7 +355,8 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
         try:
             handle = self._runner.submit(item, slot, self._call_done)
         except Exception as error:  # a closed loop, a shut-down pool
-            self._fail(error)
+            self._record_refusal(error)
+            self._schedule()
             return
         with self._lock:
             keep = handle is not None and not slot.done and not self._halted
@@ -368,7 +388,10 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
             with self._lock:
                 if slot.done:
                     return
-            self._record_fatal(error)  # reported by the terminal if too late
+            if isinstance(error, RejectedExecutionError):
+                self._record_refusal(error)  # the scheduler dropped the call unrun
+            else:
+                self._record_fatal(error)  # reported by the terminal if too late
         with self._lock:
             if slot.done:
                 return
@@ -386,6 +409,17 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
             return
         if not halted:
             self._schedule()
+
+    def _record_refusal(self, error: Exception) -> None:
+        """The scheduler refused a call, or dropped it unrun: record the stream's error.
+
+        It cuts ahead and cancels the rest, like a failed call. Quiet: a
+        stream already over (cancelled, or ending) was not waiting for this
+        call; its own ending is what it delivers. The caller drains.
+        """
+        if self._terminal.fail(error, eager=True, quiet=True):
+            self._halted = True
+            self._cancel_upstreams()
 
     # -- the drain ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from .._core._arbiter import ArbiterRelay
 from .._core._hooks import report_undeliverable
 from .._core._signals import signal_complete, signal_error
 from .._flow import Flow
-from ..schedulers._base import check_delay
+from ..schedulers._base import RejectableAction, check_delay
 from ..sources._time import time_scheduler
 
 if TYPE_CHECKING:
@@ -134,6 +134,24 @@ class RetryExhaustedError(Exception):
         return cause
 
 
+def _answers(error: Exception, pending: Exception) -> bool:
+    """Whether ``error`` can be the attempt's answer to the bad request behind ``pending``.
+
+    ``pending`` is what ``check_request`` made of the bad ``n``: a
+    ``NonPositiveRequestError`` (a ``ValueError``, Python's counterpart of
+    the ``IllegalArgumentException`` Rule 3.9 asks for) for ``n <= 0``, a
+    ``TypeError`` for a value that is not an int. An attempt answers with
+    an error of the same family -- every ``Flow`` and the ``from_publisher``
+    guard with the very same ``check_request`` error, another publisher
+    perhaps with its own ``ValueError`` subclass. Anything else is an error
+    of the attempt's own and must not be dropped.
+    """
+    if error is pending:
+        return True
+    family = ValueError if isinstance(pending, ValueError) else type(pending)
+    return isinstance(error, family)
+
+
 def _predicate(retry_on: RetryOn | None) -> Callable[[Exception], bool]:
     if retry_on is None:
         return lambda error: True
@@ -167,6 +185,13 @@ class _RetrySubscriber(ArbiterRelay[T]):
     request error is never retried: during an attempt that attempt answers
     it (in order with its items), and between attempts (a backoff wait) it is
     signalled at once, the wait is called off and nothing is re-subscribed.
+    An attempt that fails with another error while a Rule 3.9 error is
+    pending still ends the stream with the Rule 3.9 error (nothing more is
+    re-subscribed); its own error is reported to the undeliverable hook,
+    never dropped. If the scheduler refuses the backoff timer, or drops it
+    (a pool shut down during the wait), the stream fails with the
+    scheduler's error instead of waiting for a re-subscription that cannot
+    happen.
 
     Re-subscriptions without a wait run in a trampoline (``_wip``), so a
     source that fails synchronously on every attempt costs no stack depth.
@@ -224,7 +249,12 @@ class _RetrySubscriber(ArbiterRelay[T]):
         self.clear_upstream()
         pending = self.pending_error
         if pending is not None:
-            self._stop(pending, quiet=True)  # Rule 3.9: the attempt answered a bad request
+            # Rule 3.9 ends the stream, whatever the attempt ended with. If
+            # that was not its answer to the bad request, it is an error of
+            # its own (it failed before the request reached it): report it.
+            if not _answers(error, pending):
+                report_undeliverable(error, f"{self!r}: superseded by {pending!r} (Rule 3.9)")
+            self._stop(pending, quiet=True)
             return
         try:
             retryable = self._retry_on(error)
@@ -250,7 +280,13 @@ class _RetrySubscriber(ArbiterRelay[T]):
         if wait <= 0.0:
             self._subscribe_next()
             return
-        handle = self._scheduler.schedule_after(wait, self._backoff_elapsed)
+        action = RejectableAction(self._backoff_elapsed, self._backoff_rejected)
+        try:
+            handle = self._scheduler.schedule_after(wait, action)
+        except Exception as fault:  # e.g. a closed event loop: never out of on_error
+            fault.__context__ = error
+            self._stop(fault)
+            return
         with self._retry_lock:
             if not self.is_cancelled:
                 self._timer = handle
@@ -270,6 +306,16 @@ class _RetrySubscriber(ArbiterRelay[T]):
         with self._retry_lock:
             self._timer = None
         self._subscribe_next()
+
+    def _backoff_rejected(self, error: Exception) -> None:
+        """The scheduler dropped the backoff timer: no attempt can follow; fail the stream.
+
+        Quiet: a stream already over (cancelled, or ended by a Rule 3.9
+        request during the wait) was not waiting for the timer.
+        """
+        with self._retry_lock:
+            self._timer = None
+        self._stop(error, quiet=True)
 
     def _subscribe_next(self) -> None:
         """Subscribe the next attempt; nested calls queue behind the running one (trampoline)."""

@@ -11,9 +11,8 @@ subscriber waiting forever.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from typing_extensions import override
 
@@ -25,6 +24,7 @@ from .._core._queue_drain import replenish_limit
 from .._core._signals import signal_complete, signal_error
 from .._core._terminal import Terminal
 from .._flow import Flow
+from ..schedulers._base import RejectableAction
 from ._lift import LiftFlow
 from ._rate import _LimitRateSubscriber
 
@@ -35,26 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["publish_on", "subscribe_on"]
 
 T = TypeVar("T")
-
-
-class _Task:
-    """A scheduled action whose owner hears it if the scheduler drops it (``on_rejected``)."""
-
-    __slots__ = ("_on_rejected", "_run")
-
-    def __init__(self, run: Callable[[], None], on_rejected: Callable[[Exception], None]) -> None:
-        self._run = run
-        self._on_rejected = on_rejected
-
-    def __call__(self) -> None:
-        self._run()
-
-    def on_rejected(self, error: Exception) -> None:
-        """The scheduler will never run this task (it shut down)."""
-        self._on_rejected(error)
-
-    def __repr__(self) -> str:
-        return f"<task {self._run!r}>"
 
 
 class _PublishOnSubscriber(_LimitRateSubscriber[T]):
@@ -80,7 +60,7 @@ class _PublishOnSubscriber(_LimitRateSubscriber[T]):
     def __init__(self, actual: Subscriber[T], prefetch: int, scheduler: Scheduler) -> None:
         super().__init__(actual, prefetch, replenish_limit(prefetch))
         self._scheduler = scheduler
-        self._drain_task = _Task(self._drain_loop, self._rejected)
+        self._drain_task = RejectableAction(self._drain_loop, self._rejected)
 
     @override
     def _run_drain(self) -> None:
@@ -107,30 +87,29 @@ def publish_on(source: Flow[T], scheduler: Scheduler, prefetch: int) -> Flow[T]:
     return LiftFlow(source, factory, "publish_on")
 
 
-_NO_BAD_REQUEST: Final = object()
-"""``_SubscribeOnSubscriber._bad`` when no invalid ``n`` waits (``None`` is an invalid ``n``)."""
-
-
 class _SubscribeOnSubscriber(Generic[T]):
     """Relays the source's signals; subscribes and forwards ``request`` on the scheduler.
 
     Requests are summed and handed over by one scheduled task at a time, so
-    upstream sees them serially and in order (Rule 2.7) even on a pool; an
-    invalid ``n`` (``0``, ``-1``, ``None``) is passed on unchanged, so
-    upstream signals the Rule 3.9 error in order with its items.
+    upstream sees them serially and in order (Rule 2.7) even on a pool. An
+    invalid ``n`` (``0``, ``-1``, ``None``) is answered here (Rule 3.9), not
+    handed over: it is recorded in ``_terminal`` at once, cutting ahead of
+    whatever upstream still sends, so an upstream that ends before a
+    hand-over would have run cannot turn it into ``on_complete``; once the
+    stream has ended it is a no-op (Rule 3.6).
 
     How the rules hold:
 
     * Rule 1.3: ``on_subscribe`` returns before any request is handed over
       (``_scheduled`` is held during it), so no item overlaps it. An error
-      that does not come from upstream (the scheduler dropped a task, or
-      ``subscribe`` raised) is recorded in ``_terminal`` first; it is
-      delivered by the thread that recorded it only if no upstream signal is
-      in flight (``_busy > 0``), and otherwise by that signal's thread as
-      it leaves. Recording before reading ``_busy`` on one side, and setting
-      ``_busy`` before reading the ending on the other, means at least one of
-      them sees the other; ``Terminal.claim`` makes the delivery happen once.
-      The per-item path takes no lock.
+      that does not come from upstream (the scheduler dropped a task,
+      ``subscribe`` raised, a Rule 3.9 request) is recorded in ``_terminal``
+      first; it is delivered by the thread that recorded it only if no
+      upstream signal is in flight (``_busy > 0``), and otherwise by that
+      signal's thread as it leaves. Recording before reading ``_busy`` on
+      one side, and setting ``_busy`` before reading the ending on the
+      other, means at least one of them sees the other; ``Terminal.claim``
+      makes the delivery happen once. The per-item path takes no lock.
     * Rules 1.9, 2.13: if the source's ``subscribe`` raises, or the scheduler
       drops the subscribe task, the subscriber gets ``on_subscribe`` (if it
       had not) and then ``on_error``, never an exception.
@@ -140,7 +119,6 @@ class _SubscribeOnSubscriber(Generic[T]):
 
     __slots__ = (
         "_actual",
-        "_bad",
         "_busy",
         "_flush_task",
         "_lock",
@@ -161,10 +139,9 @@ class _SubscribeOnSubscriber(Generic[T]):
         # Guarded by _lock: the upstream subscription (CANCELLED before
         # on_subscribe and after cancel or an abort).
         self._upstream: Subscription = CANCELLED
-        # Guarded by _lock: demand not yet handed over, the first invalid n
-        # (or _NO_BAD_REQUEST), and whether a flush task is scheduled or running.
+        # Guarded by _lock: demand not yet handed over, and whether a flush
+        # task is scheduled or running.
         self._pending = 0
-        self._bad: object = _NO_BAD_REQUEST
         self._scheduled = False
         # Guarded by _lock; set once: downstream got (or is getting) on_subscribe.
         self._subscribed = False
@@ -175,7 +152,7 @@ class _SubscribeOnSubscriber(Generic[T]):
         self._busy = 0
         # How the stream ends, including an error from outside the upstream.
         self._terminal = Terminal(self)
-        self._flush_task = _Task(self._flush, self._rejected)
+        self._flush_task = RejectableAction(self._flush, self._rejected)
 
     # -- Subscriber (on the scheduler's thread, or the source's) -----------------------------
 
@@ -237,15 +214,20 @@ class _SubscribeOnSubscriber(Generic[T]):
     # -- Subscription (downstream, any thread) --------------------------------------------
 
     def request(self, n: int) -> None:
-        """Sum ``n`` into the demand and hand it over on the scheduler (Rule 3.9 downstream)."""
+        """Sum ``n`` into the demand and hand it over on the scheduler; a bad ``n`` fails now."""
         terminal = self._terminal
         if terminal._closed or terminal._ending is not None:
             return  # Rule 3.6: over, or about to be
+        bad = check_request(n)
+        if bad is not None:
+            # Rule 3.9, answered here rather than handed over: a hand-over
+            # still waiting for the scheduler could find upstream already
+            # ended, and the error would be lost. Quiet: if the stream ended
+            # meanwhile, the request is a no-op (Rule 3.6).
+            self._abort(bad, quiet=True, eager=True)
+            return
         with self._lock:
-            if check_request(n) is None:
-                self._pending = add_cap(self._pending, n)
-            elif self._bad is _NO_BAD_REQUEST:
-                self._bad = n
+            self._pending = add_cap(self._pending, n)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -268,27 +250,25 @@ class _SubscribeOnSubscriber(Generic[T]):
         while True:
             with self._lock:
                 n, self._pending = self._pending, 0
-                bad, self._bad = self._bad, _NO_BAD_REQUEST
-                if not n and bad is _NO_BAD_REQUEST:
+                if not n:
                     self._scheduled = False
                     return
                 upstream = self._upstream
-            if bad is not _NO_BAD_REQUEST:
-                upstream.request(bad)  # type: ignore[arg-type]
-            if n:
-                upstream.request(n)
+            upstream.request(n)
 
     def _rejected(self, error: Exception) -> None:
         """The scheduler refused or dropped a flush (or the subscribe): end the stream."""
         self._abort(error, quiet=True)
 
-    def _abort(self, error: Exception, *, quiet: bool) -> None:
+    def _abort(self, error: Exception, *, quiet: bool, eager: bool = False) -> None:
         """End the stream with ``error``, which did not come from upstream (any thread).
 
         ``quiet``: an error that comes after the stream already ended is not
         reported (a dropped flush after completion changes nothing).
+        ``eager``: it supersedes an upstream ending recorded but not yet
+        delivered (a Rule 3.9 request, like every bad request in reactive_bp).
         """
-        if not self._terminal.fail(error, quiet=quiet):
+        if not self._terminal.fail(error, quiet=quiet, eager=eager):
             return  # the stream already ended or was cancelled
         with self._lock:
             upstream, self._upstream = self._upstream, CANCELLED
@@ -337,7 +317,7 @@ class _SubscribeOnFlow(Flow[T]):
     @override
     def _subscribe(self, subscriber: Subscriber[T]) -> None:
         relay: _SubscribeOnSubscriber[T] = _SubscribeOnSubscriber(subscriber, self._scheduler)
-        task = _Task(partial(relay.subscribe_to, self._source), relay._rejected)
+        task = RejectableAction(partial(relay.subscribe_to, self._source), relay._rejected)
         try:
             self._scheduler.schedule(task)
         except Exception as error:

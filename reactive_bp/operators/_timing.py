@@ -3,12 +3,19 @@
 Every time operator takes ``scheduler=``; without one it runs its timers on
 :data:`reactive_bp.sources._time.DEFAULT_TIME_SCHEDULER` (the shared,
 self-stopping timer thread). Tests pass a ``VirtualTimeScheduler``.
+
+A timer the scheduler never runs ends the stream: each timer is a
+``RejectableAction``, so a ``ThreadPoolScheduler`` that shut down before the
+timer came due fails the stream with its ``RejectedExecutionError`` (naming
+the pool) instead of leaving the subscriber waiting for a signal that can no
+longer come; a ``schedule_after`` that raises does the same.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from typing_extensions import override
@@ -20,7 +27,7 @@ from .._core._operator import CANCELLED
 from .._core._queue_drain import QueueDrain
 from .._core._signals import signal_complete, signal_error
 from .._flow import Flow
-from ..schedulers._base import check_delay
+from ..schedulers._base import RejectableAction, check_delay
 from ..sources._time import time_scheduler
 from ._lift import LiftFlow
 
@@ -55,7 +62,9 @@ class _DelaySubscriber(QueueDrain[T]):
 
     Errors: an upstream error cuts ahead at once (held items are dropped,
     like RxJava's ``delay`` without ``delayError``); completion is delayed by
-    ``delay`` like the items.
+    ``delay`` like the items. A timer the scheduler drops (a pool shut down
+    while it was pending) fails the stream the same way, with the
+    scheduler's ``RejectedExecutionError``.
     """
 
     __slots__ = (
@@ -65,6 +74,7 @@ class _DelaySubscriber(QueueDrain[T]):
         "_queue",
         "_scheduler",
         "_timer",
+        "_timer_action",
         "_upstream",
     )
 
@@ -86,6 +96,8 @@ class _DelaySubscriber(QueueDrain[T]):
         # Written once, before the completion is recorded in _terminal (which
         # _upstream_done reads), so a pass that sees the ending sees it too.
         self._complete_at = 0.0
+        # What every timer runs; one object, reused.
+        self._timer_action = RejectableAction(self._timer_fired, self._timer_rejected)
 
     # -- upstream side -------------------------------------------------------------------
 
@@ -149,6 +161,18 @@ class _DelaySubscriber(QueueDrain[T]):
             self._timer = None
         self._schedule()
 
+    def _timer_rejected(self, error: Exception) -> None:
+        """The scheduler dropped the timer: held items can never come due; fail the stream."""
+        with self._lock:
+            self._timer = None
+        # Cuts ahead, even of a recorded completion that waits behind held
+        # items. Quiet: a stream already over (cancelled, or ending eagerly)
+        # was not waiting for this timer; its own ending is what it delivers.
+        if self._terminal.fail(error, eager=True, quiet=True):
+            self._halted = True
+            self._cancel_upstreams()
+            self._schedule()
+
     @override
     def hook_drain(self, actual: Subscriber[T], requested: int) -> int:
         queue = self._queue
@@ -191,7 +215,9 @@ class _DelaySubscriber(QueueDrain[T]):
         with self._lock:
             if self._timer is not None or self._halted:
                 return
-            self._timer = self._scheduler.schedule_after(max(wait, 0.0), self._timer_fired)
+            # A schedule_after that raises propagates to the loop, which
+            # fails the stream with it (Rule 2.13 path), releasing _lock first.
+            self._timer = self._scheduler.schedule_after(max(wait, 0.0), self._timer_action)
 
     @override
     def hook_cancel_upstreams(self) -> None:
@@ -246,7 +272,13 @@ class _TimeoutSubscriber(Generic[T]):
     Errors: the source's errors pass through; a timeout without a fallback
     signals ``FlowTimeoutError`` and cancels the source. A timer never fires
     while an item is being delivered (it is not armed then, and a stale timer
-    is recognised by its item index), so Rule 1.3 holds.
+    is recognised by its item index), so Rule 1.3 holds. A Rule 3.9 request
+    stops the clock for good: the source (or the fallback) answers it with
+    ``on_error``, and a timer must not end the stream with
+    ``FlowTimeoutError`` first and leave that answer undeliverable. If the
+    clock cannot run (the scheduler refuses the timer, or drops it because
+    it shut down), the stream fails with the scheduler's error and the
+    source is cancelled; there is no switch to the fallback.
     """
 
     __slots__ = (
@@ -295,8 +327,17 @@ class _TimeoutSubscriber(Generic[T]):
         if check_request(n) is None:
             with self._lock:
                 self._outstanding = add_cap(self._outstanding, n)
+            self._arbiter.request(n)
+            self._arm_if_waiting()
+            return
+        # Rule 3.9: recorded in the arbiter (pending_error) before it is
+        # forwarded; from then on no timer fires (_timed_out checks it) and
+        # none is armed, so the stream ends with the answer to this request.
         self._arbiter.request(n)
-        self._arm_if_waiting()
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def cancel(self) -> None:
         """Cancel the timer and the current upstream (Rules 3.5, 3.7, 3.13)."""
@@ -378,17 +419,34 @@ class _TimeoutSubscriber(Generic[T]):
 
     def _arm_if_waiting(self) -> None:
         with self._lock:
-            if self._done or self._emitting or self._timer is not None or self._outstanding == 0:
+            if (
+                self._done
+                or self._emitting
+                or self._timer is not None
+                or self._outstanding == 0
+                or self._arbiter.pending_error is not None  # Rule 3.9: the clock stopped
+            ):
                 return
             index = self._index
-            self._timer = self._scheduler.schedule_after(
-                self._duration, lambda: self._timed_out(index)
+            action = RejectableAction(
+                partial(self._timed_out, index), partial(self._clock_failed, index)
             )
+            try:
+                self._timer = self._scheduler.schedule_after(self._duration, action)
+                return
+            except Exception as error:  # e.g. a closed event loop: never out of request
+                refused = error
+        self._clock_failed(index, refused)
 
     def _timed_out(self, index: int) -> None:
         with self._lock:
-            if self._done or self._emitting or index != self._index:
-                return  # an item came first, or the relay is over
+            if (
+                self._done
+                or self._emitting
+                or index != self._index
+                or self._arbiter.pending_error is not None
+            ):
+                return  # an item came first, the relay is over, or a Rule 3.9 answer is due
             self._done = True
             self._timer = None
             main = self._main
@@ -404,6 +462,26 @@ class _TimeoutSubscriber(Generic[T]):
         self._arbiter.clear_upstream()
         self._arbiter.produced(count)
         fallback.subscribe(_FallbackRelay(self))
+
+    def _clock_failed(self, index: int, error: Exception) -> None:
+        """The timer for item ``index`` will never run: end the stream with ``error``.
+
+        Without the clock the timeout cannot be kept, so the stream fails
+        (cancelling the source) rather than relaying on without one. A stale
+        timer (an item came since; its successor has its own fate) and a
+        relay already over change nothing.
+        """
+        with self._lock:
+            if self._done or index != self._index:
+                return
+            self._done = True
+            self._timer = None
+            main = self._main
+        cancel_quietly(main)
+        actual, self._actual = self._actual, None
+        self._arbiter.cancel()
+        if actual is not None:
+            signal_error(actual, error, self)
 
     # -- helpers ------------------------------------------------------------------------
 

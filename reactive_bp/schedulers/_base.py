@@ -1,11 +1,24 @@
-"""The one small protocol every time- or thread-based operator uses."""
+"""The one small protocol every time- or thread-based operator uses.
+
+Also the two small action objects the schedulers understand:
+``CancellableAction`` (the handle every ``schedule*`` returns) and
+``RejectableAction`` (an action whose owner hears it if a scheduler that shut
+down drops it unrun, so the owner's stream fails instead of waiting forever).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Cancellable", "CancellableAction", "Scheduler", "check_delay"]
+__all__ = [
+    "Cancellable",
+    "CancellableAction",
+    "Rejectable",
+    "RejectableAction",
+    "Scheduler",
+    "check_delay",
+]
 
 Action = Callable[[], object]
 
@@ -41,6 +54,61 @@ class Scheduler(Protocol):
     ) -> Cancellable:
         """Run ``action`` every ``period`` seconds (first after ``initial_delay``,
         default ``period``), at a fixed rate: late runs do not shift later ones."""
+
+
+@runtime_checkable
+class Rejectable(Protocol):
+    """An action that wants to know if its scheduler drops it without running it.
+
+    ``ThreadPoolScheduler`` calls ``on_rejected`` with a
+    ``RejectedExecutionError`` naming the pool when an action it accepted
+    will never run (it was still queued at ``shutdown``, or it was a delayed
+    action that came due after it). A plain callable in that situation can
+    only be reported to the undeliverable hook, and the stream waiting for it
+    would wait forever.
+    """
+
+    def __call__(self) -> object:
+        """Run the action."""
+
+    def on_rejected(self, error: Exception) -> None:
+        """The scheduler will never run this action; ``error`` says which and why."""
+
+
+class RejectableAction:
+    """A scheduled action plus what to do if the scheduler drops it (``on_rejected``).
+
+    Every operator whose stream waits for a scheduled action (a drain pass, a
+    timer, a blocking call, a re-subscription) schedules one of these, and
+    ends its stream with the error in ``on_rejected``: a lost action must
+    never leave a subscriber waiting forever.
+
+    Example:
+        >>> failures = []
+        >>> action = RejectableAction(lambda: print("ran"), failures.append)
+        >>> action()
+        ran
+        >>> action.on_rejected(RuntimeError("pool shut down"))  # what a dropping pool calls
+        >>> failures
+        [RuntimeError('pool shut down')]
+    """
+
+    __slots__ = ("_on_rejected", "_run")
+
+    def __init__(self, run: Action, on_rejected: Callable[[Exception], object]) -> None:
+        self._run = run
+        self._on_rejected = on_rejected
+
+    def __call__(self) -> None:
+        """Run the action."""
+        self._run()
+
+    def on_rejected(self, error: Exception) -> None:
+        """The scheduler will never run this action (it shut down)."""
+        self._on_rejected(error)
+
+    def __repr__(self) -> str:
+        return f"<rejectable {self._run!r}>"
 
 
 def check_delay(name: str, seconds: float, *, positive: bool = False) -> float:

@@ -7,11 +7,12 @@ What happens to work when the pool shuts down (nothing is lost silently):
   (``publish_on`` fails its stream).
 * An action that was accepted but will never run -- it was still queued
   when ``shutdown(cancel_futures=True)`` dropped the queue, or it was a
-  delayed action that came due after the shutdown -- is *rejected*: if it has
-  an ``on_rejected(error)`` method, that is called with a
-  ``RejectedExecutionError`` naming the pool, so its owner can end its stream
-  with ``on_error`` instead of waiting forever; otherwise the error goes to the
-  undeliverable hook. A cancelled action is dropped without a word.
+  delayed action that came due after the shutdown -- is *rejected*: if it is
+  ``Rejectable`` (has an ``on_rejected(error)`` method; operators schedule a
+  ``RejectableAction``), that is called with a ``RejectedExecutionError``
+  naming the pool, so its owner can end its stream with ``on_error`` instead
+  of waiting forever; otherwise the error goes to the undeliverable hook. A
+  cancelled action is dropped without a word.
 * ``on_rejected`` runs on the thread that called ``shutdown`` (or on the timer
   thread, for a delayed action), after the pool stopped taking work, never
   while a lock of the pool or of its executor is held.
@@ -27,7 +28,7 @@ from functools import partial
 from types import TracebackType
 
 from .._core._hooks import report_undeliverable
-from ._base import Action, Cancellable, CancellableAction, check_delay
+from ._base import Action, Cancellable, CancellableAction, Rejectable, check_delay
 from ._timer import call_later, periodic
 
 __all__ = ["RejectedExecutionError", "ThreadPoolScheduler"]
@@ -37,7 +38,9 @@ class RejectedExecutionError(RuntimeError):
     """A scheduler refused an action, or dropped one it had accepted, because it shut down.
 
     The message names the scheduler. Operators that hop threads
-    (``publish_on``, ``subscribe_on``) end their stream with it.
+    (``publish_on``, ``subscribe_on``, ``map_async``) and the time operators
+    and sources (``delay``, ``timeout``, ``retry`` with a backoff, ``interval``,
+    ``timer``) end their stream with it.
     """
 
 
@@ -46,12 +49,11 @@ def _reject(action: Action, error: RejectedExecutionError) -> None:
 
     Nothing raised here reaches the caller: a failing ``on_rejected`` is reported.
     """
-    on_rejected = getattr(action, "on_rejected", None)
-    if on_rejected is None:
+    if not isinstance(action, Rejectable):
         report_undeliverable(error, f"dropped action {action!r}")
         return
     try:
-        on_rejected(error)
+        action.on_rejected(error)
     except Exception as fault:
         fault.__context__ = error
         report_undeliverable(fault, f"{action!r}.on_rejected")
@@ -84,10 +86,11 @@ class ThreadPoolScheduler:
         # Guarded by _lock; set once. Invariant: once set, nothing more is
         # submitted to _executor.
         self._shutdown = False
-        # Actions whose futures the executor cancelled at shutdown, waiting to
-        # be rejected by the thread that called shutdown (deque: appended by
-        # the executor's cancel callbacks, popped by shutdown; both atomic).
-        self._dropped: deque[Action] = deque()
+        # (action, run) of the futures the executor cancelled at shutdown,
+        # waiting to be rejected by the thread that called shutdown (deque:
+        # appended by the executor's cancel callbacks, popped by shutdown;
+        # both atomic).
+        self._dropped: deque[tuple[Action, Action]] = deque()
 
     def now(self) -> float:
         """``time.monotonic()``."""
@@ -144,7 +147,7 @@ class ThreadPoolScheduler:
 
     def _settled(self, action: Action, run: Action, future: Future[object]) -> None:
         if future.cancelled() and not _cancelled(run):
-            self._dropped.append(action)  # rejected by shutdown, outside the executor's lock
+            self._dropped.append((action, run))  # rejected by shutdown, outside the executor's lock
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = True) -> None:
         """Refuse new actions and let the worker threads end.
@@ -159,10 +162,11 @@ class ThreadPoolScheduler:
         self._executor.shutdown(wait=False, cancel_futures=cancel_futures)
         dropped = self._dropped
         while dropped:  # one error each: streams must not share (and re-raise) one instance
-            _reject(
-                dropped.popleft(),
-                RejectedExecutionError(f"{self!r} shut down before the action ran"),
-            )
+            action, run = dropped.popleft()
+            # Checked again here: rejecting one action may end a stream that
+            # cancels its other queued actions (map_async's calls, say).
+            if not _cancelled(run):
+                _reject(action, RejectedExecutionError(f"{self!r} shut down before the action ran"))
         if wait:
             self._executor.shutdown(wait=True)
 

@@ -34,7 +34,15 @@ from contextlib import AbstractContextManager
 from typing import Generic, Protocol, TypeVar
 
 from .._core._hooks import report_undeliverable
-from ._base import Action, Cancellable, CancellableAction, Scheduler, check_delay
+from ._base import (
+    Action,
+    Cancellable,
+    CancellableAction,
+    Rejectable,
+    RejectableAction,
+    Scheduler,
+    check_delay,
+)
 
 __all__ = ["Periodic", "QueuedAction", "TimerQueue", "call_later", "periodic"]
 
@@ -201,9 +209,25 @@ def call_later(delay: float, action: Action, runner: Runner) -> CancellableActio
 
 
 class Periodic:
-    """Fixed-rate repetition on top of any scheduler's ``schedule_after``."""
+    """Fixed-rate repetition on top of any scheduler's ``schedule_after``.
 
-    __slots__ = ("_action", "_cancelled", "_current", "_lock", "_next", "_period", "_scheduler")
+    Each tick is scheduled as a ``RejectableAction``: if the scheduler drops
+    a tick (a pool that shut down), the repetition ends and the rejection is
+    passed on to ``action.on_rejected`` when ``action`` is ``Rejectable``
+    (``interval`` fails its stream), else to the undeliverable hook.
+    """
+
+    __slots__ = (
+        "_action",
+        "_cancelled",
+        "_current",
+        "_lock",
+        "_next",
+        "_period",
+        "_rejectable",
+        "_scheduler",
+        "_tick_action",
+    )
 
     def __init__(
         self, scheduler: Scheduler, period: float, action: Action, initial_delay: float
@@ -211,6 +235,10 @@ class Periodic:
         self._scheduler = scheduler
         self._period = period
         self._action = CancellableAction(action)
+        # Invariant: the owner to tell about a dropped tick; None once
+        # cancelled (dropped with the action, Rule 3.13) or when it cannot hear.
+        self._rejectable: Rejectable | None = action if isinstance(action, Rejectable) else None
+        self._tick_action = RejectableAction(self._tick, self._rejected)
         self._lock = threading.Lock()
         self._cancelled = False  # guarded by _lock
         self._current: Cancellable | None = None  # guarded by _lock
@@ -219,7 +247,7 @@ class Periodic:
 
     def _schedule_next(self) -> None:
         delay = max(0.0, self._next - self._scheduler.now())
-        handle = self._scheduler.schedule_after(delay, self._tick)
+        handle = self._scheduler.schedule_after(delay, self._tick_action)
         with self._lock:
             if not self._cancelled:
                 self._current = handle
@@ -234,11 +262,23 @@ class Periodic:
         if not self._cancelled:
             self._schedule_next()
 
+    def _rejected(self, error: Exception) -> None:
+        """The scheduler dropped a tick: the repetition is over; tell the action's owner."""
+        if self._cancelled:
+            return  # nobody is waiting for the tick any more
+        rejectable = self._rejectable
+        self.cancel()
+        if rejectable is None:
+            report_undeliverable(error, f"dropped periodic tick on {self._scheduler!r}")
+        else:
+            rejectable.on_rejected(error)
+
     def cancel(self) -> None:
         """Stop repeating; idempotent."""
         with self._lock:
             self._cancelled = True
             current, self._current = self._current, None
+        self._rejectable = None
         self._action.cancel()
         if current is not None:
             current.cancel()

@@ -15,20 +15,40 @@ undeliverable hook, instead of corrupting the pipeline:
   ``on_complete``/``on_error`` (an item, a second terminal), Rule 2.5 a second
   subscription (cancelled), Rule 1.9 a terminal signal before ``on_subscribe``
   (the subscriber still gets ``on_subscribe`` first);
-* Rule 1.3: overlapping signals from two threads are serialized (a re-entrant
-  lock, so synchronous nesting on one thread is still allowed);
+* Rule 1.3: signals that overlap (two publisher threads, or an item from the
+  publisher's thread while downstream's ``on_subscribe`` is still running)
+  are serialized without blocking: one thread at a time calls downstream
+  (``_emitting``); a signal that arrives meanwhile is queued -- never more
+  items than were requested, Rule 1.1 is checked first -- and the calling
+  thread hands it on before it leaves. A signal re-entering from inside a
+  downstream call (an item emitted inside ``request``) is handed on after that
+  call returns (Rule 3.3);
 * Rule 3.9: demand is validated here, so a bad ``request`` is answered with
   ``on_error`` even if the publisher would have raised or ignored it;
 * Rule 3.13: after ``cancel`` or the terminal signal, the subscriber is dropped.
 
-How the stream ends is kept in one ``Terminal``; every ending is delivered
-under ``_signal_lock`` at the moment it is decided (``Terminal.finish``), so
-there is no state in which the stream is over but its error is not known.
+No lock of the guard is held while it calls out -- to the subscriber, or to
+the publisher's ``request``/``cancel``. A publisher that holds its own lock
+while it signals, and takes that lock in ``request``/``cancel``, therefore
+cannot deadlock against the guard (before, the guard held its lock across
+downstream's ``on_subscribe`` and across cancelling the publisher, and a
+signal from the publisher's thread waited for it with the publisher's lock
+held: a lock-order inversion).
+
+How the stream ends is kept in one ``Terminal``. The publisher's own ending,
+and a fault of the publisher it can see in a signal (over-delivery, a
+``None``), come in order after the items already accepted; an error of the
+guard's own (a Rule 3.9 request, a raising ``request``, a raising downstream
+``on_next``) cuts ahead of them. Whoever records an ending delivers it if no
+thread is calling downstream, and otherwise leaves it to that thread, which
+reads the ending before it stops (both under ``_lock``), so it is never lost
+and delivered once (``Terminal.claim``).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from typing_extensions import override
@@ -58,11 +78,12 @@ _ENDED: Final = EmptySubscription()
 
 class _StrictSubscriber(Generic[T]):
     __slots__ = (
+        "_accepted",
         "_actual",
-        "_delivered",
-        "_demand_lock",
+        "_emitting",
+        "_lock",
+        "_queue",
         "_requested",
-        "_signal_lock",
         "_source",
         "_terminal",
         "_upstream",
@@ -73,164 +94,290 @@ class _StrictSubscriber(Generic[T]):
         # downstream cancelled, DETACHED after (Rule 3.13).
         self._actual: Subscriber[T] = actual
         self._source = source
-        # Written under _signal_lock, except by cancel (which only ever
-        # writes CANCELLED). Invariant: _NOT_YET until downstream got
+        # A leaf lock: held only to read and write the fields below, never
+        # while calling the subscriber, the publisher or the hook.
+        self._lock = threading.Lock()
+        # Guarded by _lock. Invariant: _NOT_YET until downstream got
         # on_subscribe; the publisher's subscription while it runs; _ENDED
         # once the publisher signalled its terminal (what it sends after that
         # breaks Rule 1.7); CANCELLED once downstream cancelled or the guard
         # ended the stream itself (what it sends after that is Rule 2.8 noise).
         self._upstream: Subscription = _NOT_YET
-        # Guarded by _demand_lock.
+        # Guarded by _lock. Invariant: _accepted <= _requested (Rule 1.1):
+        # items taken from the publisher (delivered or queued) never exceed
+        # what downstream requested.
         self._requested = 0
-        # Only touched while holding _signal_lock.
-        self._delivered = 0
-        # How the stream ends; closed once the ending was delivered or downstream cancelled.
+        self._accepted = 0
+        # Guarded by _lock: a thread is calling downstream (Rule 1.3: one at
+        # a time). Stays set once the ending was claimed or downstream
+        # cancelled: nothing more goes out.
+        self._emitting = False
+        # Guarded by _lock: accepted items that arrived while another thread
+        # was calling downstream, in order; that thread hands them on.
+        # Bounded by the demand (Rule 1.1 is checked before an item is queued).
+        self._queue: deque[T] = deque()
+        # How the stream ends; closed once the ending was claimed or downstream cancelled.
         self._terminal = Terminal(source)
-        self._demand_lock = threading.Lock()
-        self._signal_lock = threading.RLock()
 
     # -- from the third-party publisher --------------------------------------
 
     def on_subscribe(self, subscription: Subscription) -> None:
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
-        with self._signal_lock:
+        with self._lock:
             current = self._upstream
-            if current is not _NOT_YET:
-                cancel_quietly(subscription)
-                if current is _ENDED:
-                    self._violation("Rule 1.7: on_subscribe after the terminal signal; cancelled")
-                elif current is not CANCELLED:  # after cancel or our own ending it is expected
-                    self._violation("Rule 2.5: on_subscribe called twice; the second was cancelled")
-                return
-            self._upstream = subscription
-            try:
-                self._actual.on_subscribe(self)
-            except Exception as fault:  # Rule 2.13
-                self._terminate(fault)
+            first = current is _NOT_YET
+            if first:
+                self._upstream = subscription
+                # Downstream's on_subscribe is the first call out (Rule 1.3):
+                # items arriving from another thread meanwhile are queued.
+                self._emitting = True
+        if not first:
+            cancel_quietly(subscription)
+            if current is _ENDED:
+                self._violation("Rule 1.7: on_subscribe after the terminal signal; cancelled")
+            elif current is not CANCELLED:  # after cancel or our own ending it is expected
+                self._violation("Rule 2.5: on_subscribe called twice; the second was cancelled")
+            return
+        try:
+            self._actual.on_subscribe(self)
+        except Exception as fault:  # Rule 2.13
+            self._fail(fault, eager=True)
+        self._drain()
 
     def on_next(self, item: T) -> None:
         if item is None:
-            with self._signal_lock:
-                self._terminate(NoneItemError(f"{self._source!r} emitted None"))
+            self._broken(NoneItemError(f"{self._source!r} emitted None"))
             raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
-        with self._signal_lock:
+        over = 0  # the number of the item that broke Rule 1.1, if one did
+        with self._lock:
             upstream = self._upstream
-            if upstream is CANCELLED:
-                return  # Rule 2.8: items may still arrive after cancel
-            if upstream is _ENDED:
-                self._violation(f"Rule 1.7: on_next({item!r}) after the terminal signal")
-                return
-            if upstream is _NOT_YET:
-                self._start_early()
-                self._terminate(ProtocolViolationError("Rule 1.9: on_next before on_subscribe"))
-                return
-            delivered = self._delivered + 1
-            if delivered > self._requested:
-                self._terminate(
-                    ProtocolViolationError(
-                        f"Rule 1.1: {self._source!r} delivered item #{delivered} "
-                        f"but only {self._requested} were requested"
-                    )
+            if upstream is not _NOT_YET and upstream is not _ENDED and upstream is not CANCELLED:
+                accepted = self._accepted + 1
+                if accepted > self._requested:
+                    over = accepted
+                else:
+                    self._accepted = accepted
+                    ending = self._terminal._ending
+                    if ending is not None and ending.eager:
+                        return  # the guard is ending the stream; its error cuts ahead
+                    if self._emitting:
+                        self._queue.append(item)  # handed on by the thread calling downstream
+                        return
+                    self._emitting = True
+        if upstream is CANCELLED:
+            return  # Rule 2.8: items may still arrive after cancel
+        if upstream is _ENDED:
+            self._violation(f"Rule 1.7: on_next({item!r}) after the terminal signal")
+            return
+        if upstream is _NOT_YET:
+            self._broken(ProtocolViolationError("Rule 1.9: on_next before on_subscribe"))
+            return
+        if over:
+            self._broken(
+                ProtocolViolationError(
+                    f"Rule 1.1: {self._source!r} delivered item #{over} "
+                    f"but only {over - 1} were requested"
                 )
-                return
-            self._delivered = delivered
-            try:
-                self._actual.on_next(item)
-            except Exception as fault:  # Rule 2.13
-                self._terminate(fault)
+            )
+            return
+        try:
+            self._actual.on_next(item)
+        except Exception as fault:  # Rule 2.13
+            self._fail(fault, eager=True)
+        self._drain()
 
     def on_error(self, error: Exception) -> None:
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
-        with self._signal_lock:
+        with self._lock:
             upstream = self._upstream
-            if upstream is _ENDED or upstream is CANCELLED:
-                report_undeliverable(error, f"{self._source!r} after terminal/cancel (Rule 1.7)")
-                return
-            if upstream is _NOT_YET:
-                self._violation("Rule 1.9: on_error before on_subscribe")
-                self._start_early()
-            self._upstream = _ENDED
-            if self._terminal.finish(error) is not None:  # None: cancelled meanwhile (reported)
-                signal_error(self._release(), error, self._source)
+            late = upstream is _ENDED or upstream is CANCELLED
+            early = upstream is _NOT_YET
+            if not late:
+                self._upstream = _ENDED
+                if early:
+                    self._emitting = True  # downstream's on_subscribe goes out first
+        if late:
+            report_undeliverable(error, f"{self._source!r} after terminal/cancel (Rule 1.7)")
+            return
+        if early:
+            self._violation("Rule 1.9: on_error before on_subscribe")
+            self._start_early()
+        # In order, after the items accepted before it. Not recorded (and
+        # reported by the terminal) only if the guard ended the stream meanwhile.
+        self._terminal.fail(error)
+        if early:
+            self._drain()
+        else:
+            self._drain_if_idle()
 
     def on_complete(self) -> None:
-        with self._signal_lock:
+        with self._lock:
             upstream = self._upstream
-            if upstream is CANCELLED:
-                return  # Rule 2.8: after cancel, or after the guard ended the stream
-            if upstream is _ENDED:
-                self._violation("Rule 1.7: on_complete after the terminal signal")
-                return
-            if upstream is _NOT_YET:
-                self._violation("Rule 1.9: on_complete before on_subscribe")
-                self._start_early()
-            self._upstream = _ENDED
-            if self._terminal.finish() is not None:
-                signal_complete(self._release(), self._source)
+            going = upstream is not CANCELLED and upstream is not _ENDED
+            early = upstream is _NOT_YET
+            if going:
+                self._upstream = _ENDED
+                if early:
+                    self._emitting = True
+        if upstream is CANCELLED:
+            return  # Rule 2.8: after cancel, or after the guard ended the stream
+        if upstream is _ENDED:
+            self._violation("Rule 1.7: on_complete after the terminal signal")
+            return
+        if early:
+            self._violation("Rule 1.9: on_complete before on_subscribe")
+            self._start_early()
+        self._terminal.complete()  # after the items accepted before it
+        if early:
+            self._drain()
+        else:
+            self._drain_if_idle()
 
     def subscribe_raised(self, error: Exception) -> None:
         """The publisher's ``subscribe`` raised (Rule 1.9: it must return normally)."""
-        with self._signal_lock:
-            if self._terminal.is_closed:
-                report_undeliverable(error, f"{self._source!r}.subscribe() after terminal")
-                return
-            if self._upstream is _NOT_YET:
-                self._start_early()
-            self._terminate(error)
+        with self._lock:
+            upstream = self._upstream
+            early = upstream is _NOT_YET
+            if upstream is not _ENDED:  # after its terminal, what it sends is still Rule 1.7
+                self._upstream = CANCELLED
+            if early:
+                self._emitting = True
+        if early:
+            self._start_early()
+        elif upstream is not _ENDED:
+            cancel_quietly(upstream)
+        # Reported by the terminal if the stream is already over.
+        self._terminal.fail(error)
+        if early:
+            self._drain()
+        else:
+            self._drain_if_idle()
 
     # -- from downstream ---------------------------------------------------------
 
     def request(self, n: int) -> None:
-        if self._terminal.is_closed:
+        if self._terminal._closed:
             return  # Rule 3.6
         error = check_request(n)
         if error is not None:
-            with self._signal_lock:
-                if not self._terminal.is_closed:  # a second bad request is a no-op
-                    self._terminate(error)
+            # Rule 3.9: cuts ahead; a second bad request, or one after the
+            # end, is a no-op (Rule 3.6).
+            self._fail(error, eager=True, quiet=True)
             return
-        with self._demand_lock:
+        with self._lock:
             self._requested = add_cap(self._requested, n)
-        upstream = self._upstream
+            upstream = self._upstream
         try:
             upstream.request(n if n < UNBOUNDED else UNBOUNDED)
         except Exception as fault:  # Rule 3.16: request must return normally
-            with self._signal_lock:
-                self._terminate(fault)
+            self._fail(fault, eager=True)
 
     def cancel(self) -> None:
         if not self._terminal.cancel():
             return  # Rule 3.7: already cancelled, or the ending was delivered
         self._actual = DETACHED
-        upstream, self._upstream = self._upstream, CANCELLED
+        with self._lock:
+            upstream, self._upstream = self._upstream, CANCELLED
+            self._queue.clear()  # Rule 3.13
         if upstream is not _ENDED:
-            cancel_quietly(upstream)
+            cancel_quietly(upstream)  # outside _lock: the publisher may take its own lock
 
-    # -- helpers (caller holds _signal_lock) ----------------------------------------
+    # -- helpers (no lock held on entry) --------------------------------------------
+
+    def _fail(self, error: Exception, *, eager: bool, quiet: bool = False) -> None:
+        """End the stream with the guard's own ``error``: cancel the publisher, deliver once.
+
+        Recorded first, then ``_emitting`` is read under ``_lock``: either no
+        thread is calling downstream and this one delivers, or the thread
+        that is will read the ending (under ``_lock``) before it stops.
+        """
+        if not self._terminal.fail(error, eager=eager, quiet=quiet):
+            return  # already over: reported by the terminal unless quiet (Rule 1.7)
+        with self._lock:
+            upstream, self._upstream = self._upstream, CANCELLED
+            idle = not self._emitting
+            if idle:
+                self._emitting = True
+        if idle:
+            self._drain()  # first: cancelling may wait for a publisher that holds its lock
+        if upstream is not _ENDED:
+            cancel_quietly(upstream)  # outside _lock: the publisher may take its own lock
+
+    def _broken(self, error: Exception) -> None:
+        """The publisher broke a rule in a signal: end the stream with ``error``, in order.
+
+        The items accepted before the broken signal are still delivered
+        first; the publisher is cancelled and what it sends afterwards is
+        ignored (Rule 2.8).
+        """
+        with self._lock:
+            upstream = self._upstream
+            if upstream is CANCELLED:
+                return  # over already, or being cancelled: noise (Rule 2.8)
+            early = upstream is _NOT_YET
+            self._upstream = CANCELLED
+            if early:
+                self._emitting = True
+        if upstream is _ENDED:
+            report_undeliverable(error, f"{self._source!r} after the terminal signal (Rule 1.7)")
+            return
+        if early:
+            self._start_early()  # Rule 1.9; the publisher's late on_subscribe is cancelled
+        else:
+            cancel_quietly(upstream)
+        self._terminal.fail(error)
+        if early:
+            self._drain()
+        else:
+            self._drain_if_idle()
 
     def _start_early(self) -> None:
-        """Rule 1.9: downstream must see on_subscribe before anything else."""
-        self._upstream = CANCELLED  # the guard ends the stream next; its own on_subscribe is late
+        """Rule 1.9: downstream must see on_subscribe before anything else (caller is emitting)."""
         try:
             self._actual.on_subscribe(self)
         except Exception as fault:  # Rule 2.13
             report_undeliverable(fault, f"{self._actual!r}.on_subscribe")
 
-    def _terminate(self, error: Exception) -> None:
-        """End the stream from the guard: cancel the publisher, fail downstream once."""
-        if self._terminal.finish(error) is None:
-            return  # already over: finish reported the error (Rule 1.7)
-        upstream, self._upstream = self._upstream, CANCELLED
-        if upstream is not _ENDED:
-            cancel_quietly(upstream)
-        signal_error(self._release(), error, self._source)
+    def _drain_if_idle(self) -> None:
+        """Deliver what is waiting, unless another thread is calling downstream (it will)."""
+        with self._lock:
+            if self._emitting:
+                return
+            self._emitting = True
+        self._drain()
 
-    def _release(self) -> Subscriber[T]:
-        """Take the subscriber for its terminal signal and drop it (Rule 3.13)."""
-        actual, self._actual = self._actual, DETACHED
-        return actual
+    def _drain(self) -> None:
+        """Hand on queued items, then the ending; the caller owns ``_emitting`` (Rule 1.3)."""
+        lock = self._lock
+        queue = self._queue
+        terminal = self._terminal
+        while True:
+            with lock:
+                if terminal._closed:
+                    queue.clear()  # cancelled: nothing more goes out (Rules 3.7, 3.13)
+                    return
+                ending = terminal._ending
+                if ending is not None and (ending.eager or not queue):
+                    queue.clear()
+                    break
+                if not queue:
+                    self._emitting = False  # read with the ending, under _lock: none is missed
+                    return
+                item = queue.popleft()
+            try:
+                self._actual.on_next(item)
+            except Exception as fault:  # Rule 2.13
+                self._fail(fault, eager=True)
+        ending = terminal.claim()  # once, whoever gets here first
+        if ending is None:
+            return
+        actual, self._actual = self._actual, DETACHED  # Rule 3.13
+        if ending.error is None:
+            signal_complete(actual, self._source)
+        else:
+            signal_error(actual, ending.error, self._source)
 
     def _violation(self, message: str) -> None:
         report_undeliverable(ProtocolViolationError(message), repr(self._source))

@@ -16,6 +16,13 @@ fails the stream:
 Both are ``QueueDrain`` subscriptions: the scheduler's thread and the
 requesting thread meet in the serialized drain loop (Rules 1.3, 3.3), which
 also validates demand (Rule 3.9) and handles cancel (Rules 3.5, 3.7, 3.13).
+
+A clock that stops is not a quiet stream: both schedule a
+``RejectableAction``, so a tick or a deadline the scheduler drops (a
+``ThreadPoolScheduler`` shut down) fails the stream with the scheduler's
+``RejectedExecutionError``, and a scheduler that refuses to start the clock
+fails it at once; the subscriber is never left waiting for a tick that
+cannot come.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing_extensions import override
 from .._core._queue_drain import QueueDrain
 from .._flow import Flow
 from ..schedulers import ImmediateScheduler
-from ..schedulers._base import check_delay
+from ..schedulers._base import RejectableAction, check_delay
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -89,8 +96,26 @@ class _TimedSubscription(QueueDrain[int]):
         except Exception as fault:  # Rule 2.13
             self._fail(fault)
             return
-        if not self._halted:
-            self._arm(arm())
+        if self._halted:
+            return
+        try:
+            handle = arm()
+        except Exception as error:  # e.g. a closed event loop: on_error, never raised (Rule 1.9)
+            self.rejected(error)
+            return
+        self._arm(handle)
+
+    def rejected(self, error: Exception) -> None:
+        """The scheduler refused or dropped the clock's action: fail the stream with ``error``.
+
+        It cuts ahead (a held tick is not delivered: the stream is broken,
+        not over). Quiet: a stream already over (cancelled, completed, or
+        ending eagerly) was not waiting for the clock.
+        """
+        if self._terminal.fail(error, eager=True, quiet=True):
+            self._halted = True
+            self._cancel_upstreams()
+            self._schedule()
 
 
 class _IntervalSubscription(_TimedSubscription):
@@ -182,11 +207,11 @@ class IntervalFlow(Flow[int]):
     def _subscribe(self, subscriber: Subscriber[int]) -> None:
         subscription = _IntervalSubscription(subscriber)
         scheduler = self._scheduler
+        # Periodic passes a dropped tick on to on_rejected (schedulers/_timer.py).
+        tick = RejectableAction(subscription.tick, subscription.rejected)
         subscription.start(
             subscriber,
-            lambda: scheduler.schedule_periodic(
-                self._period, subscription.tick, self._initial_delay
-            ),
+            lambda: scheduler.schedule_periodic(self._period, tick, self._initial_delay),
         )
 
     def __repr__(self) -> str:
@@ -206,9 +231,8 @@ class TimerFlow(Flow[int]):
     def _subscribe(self, subscriber: Subscriber[int]) -> None:
         subscription = _TimerSubscription(subscriber)
         scheduler = self._scheduler
-        subscription.start(
-            subscriber, lambda: scheduler.schedule_after(self._delay, subscription.fire)
-        )
+        fire = RejectableAction(subscription.fire, subscription.rejected)
+        subscription.start(subscriber, lambda: scheduler.schedule_after(self._delay, fire))
 
     def __repr__(self) -> str:
         return f"Flow.timer({self._delay})"

@@ -311,6 +311,39 @@ def test_a_bad_request_inside_on_subscribe_subscribes_nothing() -> None:
     subscriber.assert_clean()
 
 
+def test_an_attempt_failing_with_its_own_error_while_a_bad_request_is_pending_reports_it(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    """Before: the attempt's own error was thrown away (neither delivered nor reported).
+
+    Deterministic form of the race "request(0) on one thread, the source fails on
+    another": the attempt's error comes before its answer to the bad request (which,
+    once it has failed, it never sends: Rule 3.6)."""
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    upstream.retry(3, retry_on=KeyError).subscribe(subscriber)
+    subscriber.request(0)  # recorded as pending and handed to the attempt ...
+    boom = Boom("non-retryable upstream failure")
+    upstream.send_error(boom)  # ... which fails with an error of its own first
+    assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]  # Rule 3.9 wins
+    assert [e for e, _ in undeliverable] == [boom]  # and the real failure is not lost
+    subscriber.assert_clean()
+
+
+def test_an_attempts_own_rule_3_9_answer_is_not_reported_twice(
+    undeliverable: list[tuple[BaseException, str]],
+) -> None:
+    """The attempt's answer to the bad request is the same error: delivered once, no report."""
+    for bad in (0, -3, None):
+        subscriber: TestSubscriber[int] = TestSubscriber()
+        Flow.range(5).retry(3).subscribe(subscriber)
+        subscriber.request(bad)  # type: ignore[arg-type]
+        expected = NonPositiveRequestError if bad is not None else TypeError
+        assert [type(e) for e in subscriber.errors] == [expected]
+        subscriber.assert_clean()
+    assert undeliverable == []
+
+
 @pytest.mark.usefixtures("fast_switching")
 def test_a_bad_request_racing_the_end_of_the_backoff_is_signalled_once() -> None:
     """The requesting thread and the timer's re-subscription both see the bad request."""

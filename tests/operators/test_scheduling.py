@@ -17,6 +17,7 @@ from reactive_bp import (
     RejectedExecutionError,
     SourceQueue,
 )
+from reactive_bp.abc import Subscription
 from reactive_bp.schedulers import Cancellable, ThreadPoolScheduler, VirtualTimeScheduler
 from reactive_bp.testing import TestPublisher, TestSubscriber
 
@@ -283,6 +284,55 @@ def test_subscribe_on_a_bad_request_after_good_ones_still_fails() -> None:
     subscriber.request(3)
     vts.run_ready()
     assert [type(e) for e in subscriber.errors] == [TypeError]
+    subscriber.assert_clean()
+
+
+def test_subscribe_on_a_bad_request_is_not_lost_when_upstream_ends_before_the_hand_over() -> None:
+    """Before: ``request(0)`` waited for a scheduled hand-over; upstream completed first,
+    the hand-over reached an ended upstream (a Rule 3.6 no-op) and the stream ended with
+    ``on_complete``: the Rule 3.9 error was neither delivered nor reported."""
+    vts = VirtualTimeScheduler()
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    upstream.subscribe_on(vts).subscribe(subscriber)
+    vts.run_ready()  # subscribed; nothing requested yet
+    subscriber.request(0)  # the relay answers at once (Rule 3.9) ...
+    upstream.send_complete()  # ... so upstream ending before any hand-over changes nothing
+    vts.run_ready()
+    assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]
+    assert not subscriber.completed
+    assert upstream.cancelled  # and upstream was told to stop
+    subscriber.assert_clean()
+
+
+def test_subscribe_on_a_bad_request_after_the_end_is_a_no_op() -> None:
+    vts = VirtualTimeScheduler()
+    subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+    Flow.range(3).subscribe_on(vts).subscribe(subscriber)
+    vts.run_ready()
+    assert subscriber.items == [0, 1, 2] and subscriber.completed
+    subscriber.request(0)  # Rule 3.6
+    vts.run_ready()
+    assert subscriber.errors == []
+    subscriber.assert_clean()
+
+
+def test_subscribe_on_a_bad_request_inside_on_subscribe_follows_it() -> None:
+    """Rule 1.3: the error is delivered after ``on_subscribe`` returns, never inside it."""
+    vts = VirtualTimeScheduler()
+    upstream: TestPublisher[int] = TestPublisher()
+
+    class BadInOnSubscribe(TestSubscriber[int]):
+        def on_subscribe(self, subscription: Subscription) -> None:
+            super().on_subscribe(subscription)
+            subscription.request(-1)
+            assert self.errors == []  # not yet: on_subscribe is still running
+
+    subscriber = BadInOnSubscribe()
+    upstream.subscribe_on(vts).subscribe(subscriber)
+    vts.run_ready()
+    assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]
+    assert upstream.cancelled
     subscriber.assert_clean()
 
 

@@ -644,6 +644,60 @@ def test_timeout_downstream_on_next_raising_becomes_on_error() -> None:
     assert upstream.cancelled and vts.pending == 0
 
 
+class _AnswersLater(Flow[int]):
+    """A source that never emits and answers a bad request ``after`` seconds later, on the
+    scheduler: legal (Rule 3.9 asks for ``on_error``, not for an immediate one), and what a
+    source behind a thread hop (``publish_on`` on a busy pool) does."""
+
+    def __init__(self, scheduler: VirtualTimeScheduler, after: float) -> None:
+        self.scheduler = scheduler
+        self.after = after
+        self.cancelled = False
+
+    def _subscribe(self, subscriber: Subscriber[int]) -> None:
+        source = self
+
+        class _S:
+            def request(self, n: int) -> None:
+                if type(n) is not int or n <= 0:
+                    error = NonPositiveRequestError(f"Rule 3.9: request({n})")
+                    source.scheduler.schedule_after(
+                        source.after, lambda: subscriber.on_error(error)
+                    )
+
+            def cancel(self) -> None:
+                source.cancelled = True
+
+        subscriber.on_subscribe(_S())
+
+
+def test_timeout_a_bad_request_stops_the_clock_so_the_rule_3_9_answer_ends_the_stream() -> None:
+    """Before: the timer fired first; the stream ended with FlowTimeoutError and the
+    source's Rule 3.9 answer went to the undeliverable hook."""
+    vts = VirtualTimeScheduler()
+    source = _AnswersLater(vts, after=3.0)
+    subscriber: TestSubscriber[int] = TestSubscriber(1)  # the clock runs: an item is awaited
+    source.timeout(1.0, scheduler=vts).subscribe(subscriber)
+    vts.advance_by(0.5)
+    subscriber.request(0)
+    vts.advance_by(5.0)  # past the timeout: it must not fire
+    assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]
+    assert vts.pending == 0
+    subscriber.assert_clean()
+
+
+def test_timeout_a_bad_request_before_any_demand_arms_no_clock() -> None:
+    vts = VirtualTimeScheduler()
+    source = _AnswersLater(vts, after=3.0)
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    source.timeout(1.0, scheduler=vts).subscribe(subscriber)
+    subscriber.request(-1)
+    subscriber.request(5)  # Rule 3.6 after the bad request: no clock either
+    vts.advance_by(5.0)
+    assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]
+    subscriber.assert_clean()
+
+
 # -- real time: few and tolerant -----------------------------------------------------------------
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -468,6 +470,143 @@ def test_from_publisher_serializes_overlapping_signals() -> None:
     Flow.from_publisher(_TwoThreadPublisher()).subscribe(subscriber)
     assert len(subscriber.items) == 4000 and subscriber.completed
     subscriber.assert_clean()  # no Rule 1.3 overlap reached the subscriber
+
+
+class _LockedPublisher:
+    """Emits ``0..count-1`` on its own thread while holding its own lock, and takes that
+    lock in ``request`` and ``cancel`` (a "synchronized" emitter: legal, and common). The
+    guard used to hold its lock while calling out to downstream's ``on_subscribe`` and
+    to ``cancel``, while the emitter waited for that lock holding its own: a deadlock."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.cond = threading.Condition(threading.Lock())
+        self.demand = 0
+        self.cancelled = False
+        self.thread: threading.Thread | None = None
+        self.first_sent = threading.Event()  # the emitter called on_next(0), lock held
+
+    def subscribe(self, subscriber: Subscriber[int]) -> None:
+        publisher = self
+
+        class _S:
+            def request(self, n: int) -> None:
+                with publisher.cond:
+                    publisher.demand += n
+                    publisher.cond.notify_all()
+
+            def cancel(self) -> None:
+                with publisher.cond:
+                    publisher.cancelled = True
+                    publisher.cond.notify_all()
+
+        def run() -> None:
+            with self.cond:
+                for i in range(self.count):
+                    while self.demand <= 0 and not self.cancelled:
+                        self.cond.wait(0.01)
+                    if self.cancelled:
+                        return
+                    self.demand -= 1
+                    self.first_sent.set()
+                    subscriber.on_next(i)  # under its own lock
+                subscriber.on_complete()
+
+        # The emitter starts before on_subscribe (also legal): its first item can
+        # overlap downstream's on_subscribe, which the guard must serialize (Rule 1.3).
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        subscriber.on_subscribe(_S())
+
+
+def _finish(publisher: _LockedPublisher, subscriber: TestSubscriber[int]) -> None:
+    ended = subscriber.await_terminal(5)
+    assert publisher.thread is not None
+    publisher.thread.join(5)
+    assert ended, "deadlock: no terminal signal within 5 s"
+    subscriber.assert_clean()  # and never two signals at once (Rule 1.3)
+
+
+def test_from_publisher_requests_inside_on_subscribe_do_not_deadlock_a_locked_emitter() -> None:
+    class TwoRequests(TestSubscriber[int]):
+        inside = False
+
+        def on_subscribe(self, subscription: Subscription) -> None:
+            self.inside = True
+            super().on_subscribe(subscription)
+            self.request(1)  # the emitter sends item 0 on its thread, lock held ...
+            assert publisher.first_sent.wait(5)
+            self.request(UNBOUNDED)  # ... and this needs the emitter's lock
+            self.inside = False
+
+        def on_next(self, item: int) -> None:
+            if self.inside:
+                self.violations.append(f"Rule 1.3: on_next({item}) during on_subscribe")
+            super().on_next(item)
+
+    for _ in range(20):
+        publisher = _LockedPublisher(200)
+        subscriber = TwoRequests(0)
+        thread = threading.Thread(
+            target=Flow.from_publisher(publisher).subscribe, args=(subscriber,), daemon=True
+        )
+        thread.start()
+        _finish(publisher, subscriber)
+        thread.join(5)
+        assert subscriber.items == list(range(200)) and subscriber.completed
+
+
+def test_from_publisher_a_bad_request_while_a_locked_emitter_runs_does_not_deadlock() -> None:
+    for _ in range(20):
+        publisher = _LockedPublisher(20_000)
+        subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+        Flow.from_publisher(publisher).subscribe(subscriber)
+        deadline = time.monotonic() + 5
+        while len(subscriber.items) < 50 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        # Rule 3.9: the guard cancels the publisher, which takes its lock. On its own
+        # thread, so that a deadlock fails the test instead of hanging it.
+        requester = threading.Thread(target=subscriber.request, args=(0,), daemon=True)
+        requester.start()
+        _finish(publisher, subscriber)
+        requester.join(5)
+        assert [type(e) for e in subscriber.errors] == [NonPositiveRequestError]
+        assert publisher.cancelled
+
+
+class _EmitsInsideRequest:
+    """Synchronous: ``request(n)`` emits up to ``n`` items before it returns (legal)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.sent = 0
+
+    def subscribe(self, subscriber: Subscriber[int]) -> None:
+        publisher = self
+
+        class _S:
+            def request(self, n: int) -> None:
+                for _ in range(n):
+                    if publisher.sent == publisher.count:
+                        subscriber.on_complete()
+                        return
+                    publisher.sent += 1
+                    subscriber.on_next(publisher.sent)
+
+            def cancel(self) -> None:
+                pass
+
+        subscriber.on_subscribe(_S())
+
+
+def test_from_publisher_items_emitted_inside_request_from_on_next_do_not_recurse() -> None:
+    """Rule 3.3: an item re-entering from ``request`` inside ``on_next`` is handed on
+    after that ``on_next`` returns, so one-at-a-time demand costs no stack depth."""
+    count = 5 * sys.getrecursionlimit()
+    subscriber: TestSubscriber[int] = TestSubscriber(1, request_on_next=1)
+    Flow.from_publisher(_EmitsInsideRequest(count)).subscribe(subscriber)
+    assert subscriber.items == list(range(1, count + 1)) and subscriber.completed
+    subscriber.assert_clean()
 
 
 def test_from_publisher_rejects_non_publishers() -> None:
