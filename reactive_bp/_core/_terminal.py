@@ -20,7 +20,9 @@ Lifecycle (each arrow taken under ``_lock``, at most once):
   One exception: an *eager* failure (one that must cut ahead of queued items:
   a Rule 3.9 bad request, a raising callback, an overflow) supersedes a
   recorded ending that is not eager and not yet delivered; the superseded
-  error, if any, goes to the hook.
+  error, if any, goes to the hook. An upstream error never supersedes
+  (``supersede=False``): after upstream's own completion it breaks Rule 1.7
+  and is reported, and the completion stands.
 * ended -> closed: ``claim()`` hands the ending to the one thread that
   delivers it (the drain loop owner). Afterwards nothing more is delivered.
 * open/ended -> closed: ``cancel()`` (downstream cancelled). An ending that was
