@@ -767,12 +767,12 @@ class _ConcatMapMain(Generic[T, R]):
         "_inner",
         "_limit",
         "_lock",
+        "_main_done",
         "_mapper",
         "_prefetch",
         "_queue",
         "_terminal",
         "_upstream",
-        "_upstream_done",
         "_wip",
     )
 
@@ -788,8 +788,9 @@ class _ConcatMapMain(Generic[T, R]):
         self._lock = threading.Lock()
         # Appended by the upstream thread, popped by the loop owner.
         self._queue: deque[T] = deque()
-        # Set once, after the last item was queued.
-        self._upstream_done = False
+        # Set once when upstream completed, after the last item was queued. An
+        # upstream error never sets it: it goes to _terminal (as in flat_map).
+        self._main_done = False
         # Guarded by _lock: the drain loop's work-in-progress counter.
         self._wip = 0
         # Written by the loop owner (True) and the inner's on_complete (False,
@@ -849,7 +850,7 @@ class _ConcatMapMain(Generic[T, R]):
         """Queue ``item``; the loop maps it once the previous inner is done."""
         if item is None:
             raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
-        if self._halted or self._upstream_done:
+        if self._halted or self._main_done:
             return  # Rule 2.8
         if len(self._queue) >= self._prefetch:
             self._fail(
@@ -866,16 +867,16 @@ class _ConcatMapMain(Generic[T, R]):
         """Fail at once (cancels the current inner)."""
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
-        if self._upstream_done:
+        if self._main_done:
             report_undeliverable(error, f"{self!r} after upstream terminal (Rule 1.7)")
             return
-        self._fail(error)  # recorded in _terminal; _upstream_done stays for completion
+        self._fail(error)  # recorded in _terminal; _main_done is for completion only
 
     def on_complete(self) -> None:
         """Complete after the queued items' inners have finished."""
-        if self._upstream_done:
+        if self._main_done:
             return
-        self._upstream_done = True
+        self._main_done = True
         self._schedule()
 
     # -- inner side ----------------------------------------------------------------------------
@@ -950,7 +951,7 @@ class _ConcatMapMain(Generic[T, R]):
                 queue.clear()
                 return  # _wip stays above zero: the loop never runs again
             if not self._active:
-                done = self._upstream_done  # before the queue: items precede it
+                done = self._main_done  # before the queue: items precede it
                 if queue:
                     item = queue.popleft()
                     self._refill()
