@@ -1,0 +1,25 @@
+"""Streams from and to the systems they really come from, with demand mapped onto each
+one's own flow control.
+
+One module per outside system (``nats``, ``redis_streams``, ``rabbitmq``); each imports
+its client lazily, so ``import reactive_bp.connectors.<name>`` works without the extra
+and the first use names the extra to install. What they share is here: ``Message``
+(``.value``, ``.metadata``, ``.ack()``, ``.nack(requeue=True)``), ``AckMode``,
+``Settlement``, ``ConnectorStats`` and ``PublishError``.
+"""
+
+from ._common import AckMode as AckMode
+from ._common import AlreadySettledError as AlreadySettledError
+from ._common import ConnectorStats as ConnectorStats
+from ._common import Message as Message
+from ._common import PublishError as PublishError
+from ._common import Settlement as Settlement
+
+__all__ = [
+    "AckMode",
+    "AlreadySettledError",
+    "ConnectorStats",
+    "Message",
+    "PublishError",
+    "Settlement",
+]

@@ -1,0 +1,442 @@
+"""What every broker connector shares: messages and their settlement, and the fetch pump.
+
+A broker source is a ``Flow[Message[T]]`` whose subscription turns downstream
+demand into the broker's own flow control. The broker-specific part is a
+``Fetcher``: ``fetch(n)`` returns at most ``n`` messages (fewer, or none, when
+the broker had fewer within its wait), ``aclose()`` releases the consumer. The
+pump here (``FetchFlow``) calls ``fetch`` only while demand is outstanding, with
+``n = min(outstanding demand, max_batch)``, so what the client holds is bounded
+by one batch and nothing is fetched for a subscriber that asked for nothing.
+
+Rules, and where they hold:
+
+* Rule 1.1: a batch is asked for no more than the demand read at its start,
+  and a fetcher that returns more is a protocol violation (``on_error``).
+* Rule 1.3: every signal comes from the one pump task on the connector's loop;
+  ``request`` and ``cancel`` from any thread only record and wake it.
+* Rule 3.9: a bad request is recorded in the ``Terminal`` and signalled by the
+  pump (``_AsyncPullSubscription``, which this pump extends).
+* Cancel (Rule 3.5/3.13): the pump task is cancelled, the fetcher closed; what
+  was fetched and not delivered stays unacknowledged, so the broker redelivers it.
+
+Settlement (``Message.ack``/``nack``) is thread-safe: it runs on the
+connector's loop and returns a ``Settlement`` that can be awaited on any loop
+or waited on from a thread. The first settlement of a message wins; the same
+call again returns it; the other kind raises ``AlreadySettledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import importlib
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from typing_extensions import override
+
+from .._core._demand import produced
+from .._core._hooks import ProtocolViolationError
+from .._core._operator import EmptySubscription
+from .._core._signals import signal_error
+from .._flow import Flow
+from ..sources._async import _AsyncPullSubscription
+
+if TYPE_CHECKING:
+    from ..abc import Subscriber
+
+__all__ = [
+    "AckMode",
+    "AlreadySettledError",
+    "ConnectorStats",
+    "FetchFlow",
+    "Fetcher",
+    "Message",
+    "PublishError",
+    "Settlement",
+    "confirmed",
+    "require",
+]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import a broker client lazily; a missing one names the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as missing:
+        raise ImportError(
+            f"{module} is not installed: pip install 'reactive-bp[{extra}]'"
+        ) from missing
+
+
+class AckMode(enum.Enum):
+    """When a source's messages are acknowledged to the broker."""
+
+    MANUAL = "manual"
+    """At-least-once: the user calls ``message.ack()`` where processing really ends.
+    A message never acknowledged is redelivered after a crash or cancel."""
+    ON_DELIVERY = "on_delivery"
+    """At-most-once: each batch is acknowledged as it is handed downstream; a crash
+    after that loses what was not processed yet."""
+
+
+class AlreadySettledError(RuntimeError):
+    """A message was acknowledged and then negatively acknowledged, or the reverse."""
+
+
+class PublishError(Exception):
+    """A sink could not publish ``item``; the broker's error is the ``__cause__``."""
+
+    def __init__(self, item: object, cause: BaseException) -> None:
+        super().__init__(f"publishing {item!r} failed: {cause!r}")
+        self.item = item
+        self.__cause__ = cause
+
+
+class Settlement:
+    """The outcome of one ``ack``/``nack``: await it (any loop) or ``result()`` (a thread).
+
+    Nobody has to wait for it: the settlement runs anyway. A failure (the
+    connection closed, say) is kept here, never raised elsewhere.
+    """
+
+    __slots__ = ("_future", "_loop", "kind")
+
+    def __init__(
+        self,
+        kind: str,
+        coroutine: Coroutine[Any, Any, None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.kind = kind
+        self._loop = loop
+        future: concurrent.futures.Future[None]
+        if _running_loop() is loop:
+            future = concurrent.futures.Future()
+            task = loop.create_task(coroutine)
+            task.add_done_callback(lambda done: _copy_outcome(done, future))
+        else:
+            try:
+                future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+            except RuntimeError as closed:  # the loop is closed
+                coroutine.close()
+                future = concurrent.futures.Future()
+                future.set_exception(
+                    ConnectionError(f"cannot {kind}: the connector's event loop is closed")
+                )
+                future.exception().__cause__ = closed  # type: ignore[union-attr]
+        self._future = future
+
+    def done(self) -> bool:
+        """Whether the broker answered (or the settlement failed)."""
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> None:
+        """Block until the broker confirmed; raise its error. Not on the connector's loop."""
+        if not self._future.done() and _running_loop() is self._loop:
+            raise RuntimeError(f"{self.kind}().result() would block the loop it runs on: await it")
+        self._future.result(timeout)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return asyncio.wrap_future(self._future).__await__()
+
+    def __repr__(self) -> str:
+        state = "done" if self._future.done() else "pending"
+        return f"<Settlement {self.kind} {state}>"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _copy_outcome(task: asyncio.Task[None], future: concurrent.futures.Future[None]) -> None:
+    if task.cancelled():
+        future.cancel()
+    elif (error := task.exception()) is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(None)
+
+
+class Message(Generic[T_co]):
+    """One broker message: ``value`` (decoded), ``metadata`` and its settlement.
+
+    ``ack()`` tells the broker the message is processed; ``nack(requeue=True)``
+    gives it back (redelivered when ``requeue``, dropped or dead-lettered when not,
+    as the broker does). Both are thread-safe and return a ``Settlement``.
+    """
+
+    __slots__ = ("_ack", "_lock", "_loop", "_nack", "_settlement", "metadata", "value")
+
+    def __init__(
+        self,
+        value: T_co,
+        metadata: Mapping[str, object],
+        *,
+        ack: Callable[[], Coroutine[Any, Any, None]],
+        nack: Callable[[bool], Coroutine[Any, Any, None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.value = value
+        self.metadata = metadata
+        self._ack = ack
+        self._nack = nack
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._settlement: Settlement | None = None  # guarded by _lock; set once
+
+    def ack(self) -> Settlement:
+        """Acknowledge: the broker will not deliver this message again."""
+        return self._settle("ack", self._ack)
+
+    def nack(self, requeue: bool = True) -> Settlement:
+        """Negatively acknowledge: redelivered when ``requeue``, else dropped/dead-lettered."""
+        return self._settle("nack", lambda: self._nack(requeue))
+
+    @property
+    def settled(self) -> str | None:
+        """``"ack"``, ``"nack"`` or ``None`` when not settled yet."""
+        settlement = self._settlement
+        return None if settlement is None else settlement.kind
+
+    def _settle(self, kind: str, start: Callable[[], Coroutine[Any, Any, None]]) -> Settlement:
+        with self._lock:
+            settlement = self._settlement
+            if settlement is None:
+                settlement = self._settlement = Settlement(kind, start(), self._loop)
+                return settlement
+        if settlement.kind != kind:
+            raise AlreadySettledError(f"{kind}(): this message was already {settlement.kind}ed")
+        return settlement
+
+    def __repr__(self) -> str:
+        return f"Message({self.value!r}, settled={self.settled})"
+
+
+class ConnectorStats:
+    """Counters of one source subscription, written on its loop, readable from anywhere.
+
+    ``held`` is what the client holds that downstream has not received:
+    fetched/received and not yet delivered. ``max_held`` is its high-water mark,
+    the number that shows demand bounded the broker (it never exceeds the
+    batch size or the prefetch).
+    """
+
+    __slots__ = ("acked", "delivered", "fetches", "max_held", "nacked", "received")
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.received = 0
+        self.delivered = 0
+        self.acked = 0
+        self.nacked = 0
+        self.max_held = 0
+
+    @property
+    def held(self) -> int:
+        """Received from the broker, not yet handed downstream."""
+        return self.received - self.delivered
+
+    def note_received(self, n: int) -> None:
+        """Count ``n`` messages that arrived from the broker."""
+        self.received += n
+        held = self.received - self.delivered
+        if held > self.max_held:
+            self.max_held = held
+
+    def as_dict(self) -> dict[str, int]:
+        """A snapshot, e.g. for logging."""
+        return {name: getattr(self, name) for name in (*self.__slots__, "held")}
+
+    def __repr__(self) -> str:
+        return f"ConnectorStats({self.as_dict()})"
+
+
+class Fetcher(Protocol[T_co]):
+    """The broker-specific half of a source (one per subscription)."""
+
+    async def fetch(self, n: int) -> Sequence[Message[T_co]]:
+        """Return at most ``n`` (>= 1) messages; fewer or none after the broker's wait.
+
+        Raise ``StopAsyncIteration`` to complete the stream; any other error fails it.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Stop consuming and release the connection; unsettled messages go back."""
+        ...
+
+
+class _FetchSubscription(_AsyncPullSubscription[Message[T]]):
+    """``_AsyncPullSubscription`` whose pump fetches batches sized by outstanding demand."""
+
+    __slots__ = ("_fetcher", "_max_batch", "_stats")
+
+    def __init__(
+        self,
+        actual: Subscriber[Message[T]],
+        fetcher: Fetcher[T],
+        loop: asyncio.AbstractEventLoop,
+        source: object,
+        max_batch: int,
+        stats: ConnectorStats,
+    ) -> None:
+        # The fetcher stands where the iterator was: cancel closes it (aclose).
+        super().__init__(actual, fetcher, loop, source)  # type: ignore[arg-type]
+        self._fetcher = fetcher
+        self._max_batch = max_batch
+        self._stats = stats
+
+    @override
+    async def _pump(self) -> None:
+        terminal = self._terminal
+        fetch = self._fetcher.fetch
+        stats = self._stats
+        while True:
+            with self._lock:
+                actual = self._actual
+                if terminal.is_closed or actual is None:
+                    self._running = False
+                    return
+                ending = terminal.ending
+                budget = self._requested
+                if ending is None and budget == 0:
+                    self._running = False  # no demand: no fetch
+                    return
+            if ending is not None:
+                self._finish(actual, None)  # delivers the recorded ending (Rule 3.9)
+                return
+            want = min(budget, self._max_batch)
+            try:
+                batch = await fetch(want)
+            except StopAsyncIteration:
+                self._finish(actual, None)
+                return
+            except asyncio.CancelledError:
+                with self._lock:
+                    self._running = False
+                raise
+            except Exception as failure:
+                self._finish(actual, failure)
+                return
+            stats.fetches += 1
+            stats.note_received(len(batch))
+            if len(batch) > want:
+                self._finish(
+                    actual,
+                    ProtocolViolationError(
+                        f"Rule 1.1: {self._source!r} fetched {len(batch)} messages for {want}"
+                    ),
+                )
+                return
+            emitted = 0
+            for message in batch:
+                if self._actual is None:
+                    return  # cancelled (Rule 3.6): the rest stays unacknowledged
+                if message is None:
+                    self._finish(actual, TypeError(f"{self._source!r} fetched None (Rule 2.13)"))
+                    return
+                try:
+                    actual.on_next(message)
+                except Exception as fault:  # Rule 2.13
+                    self._finish(actual, fault)
+                    return
+                emitted += 1
+                stats.delivered += 1
+            with self._lock:
+                self._requested = produced(self._requested, emitted)
+
+
+class FetchFlow(Flow[Message[T]]):
+    """A source that fetches from a broker only what downstream requested.
+
+    ``open_fetcher(stats)`` makes the broker half for each subscriber; the pump
+    runs on ``loop`` (default: the loop running at subscribe time).
+    """
+
+    __slots__ = ("_loop", "_max_batch", "_name", "_open_fetcher", "stats")
+
+    def __init__(
+        self,
+        open_fetcher: Callable[[ConnectorStats], Fetcher[T]],
+        *,
+        max_batch: int,
+        loop: asyncio.AbstractEventLoop | None,
+        name: str,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._open_fetcher = open_fetcher
+        self._max_batch = max_batch
+        self._loop = loop
+        self._name = name
+        # The counters of the latest subscription (one source, one subscriber is the
+        # common case; each subscription has its own).
+        self.stats = ConnectorStats()
+
+    @override
+    def _subscribe(self, subscriber: Subscriber[Message[T]]) -> None:
+        try:
+            loop = self._loop if self._loop is not None else asyncio.get_running_loop()
+        except RuntimeError:
+            subscriber.on_subscribe(EmptySubscription())
+            signal_error(
+                subscriber,
+                RuntimeError(f"{self._name}: subscribe inside a running event loop or pass loop="),
+                self,
+            )
+            return
+        stats = self.stats = ConnectorStats()
+        try:
+            fetcher = self._open_fetcher(stats)
+        except Exception as error:
+            subscriber.on_subscribe(EmptySubscription())
+            signal_error(subscriber, error, self)
+            return
+        subscription = _FetchSubscription(subscriber, fetcher, loop, self, self._max_batch, stats)
+        try:
+            subscriber.on_subscribe(subscription)
+        except Exception as fault:  # Rule 2.13
+            subscription.cancel()
+            signal_error(subscriber, fault, self)
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+def confirmed(
+    flow: Flow[T],
+    publish: Callable[[T], Awaitable[object]],
+    max_in_flight: int,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Flow[T]:
+    """Publish each item with ``publish`` (which resolves when the broker confirmed it).
+
+    At most ``max_in_flight`` publishes are unconfirmed at any time: upstream is
+    asked for ``max_in_flight`` items, then one more per confirmation that
+    downstream received. Emits each item once it is confirmed, in order. A
+    failed publish ends the stream with ``PublishError(item)`` (the broker's
+    error as its cause) and cancels upstream and the other publishes.
+    """
+    from ..schedulers import AsyncioScheduler
+
+    async def publish_one(item: T) -> T:
+        try:
+            await publish(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise PublishError(item, error) from error
+        return item
+
+    scheduler = AsyncioScheduler(loop) if loop is not None else None
+    return flow.map_async(publish_one, max_concurrency=max_in_flight, scheduler=scheduler)
