@@ -57,9 +57,19 @@ def test_quick_marker_is_detected() -> None:
     assert _command(EXAMPLES_DIR / "demo.py")[-1] == "--quick"
 
 
-def _table_rows(output: str) -> list[dict[str, str]]:
-    """Parse the first markdown table in ``output`` into dicts keyed by header."""
-    lines = [line for line in output.splitlines() if line.startswith("|")]
+def _table_rows(output: str, index: int = 0) -> list[dict[str, str]]:
+    """Parse the ``index``-th markdown table in ``output`` into dicts keyed by header."""
+    tables: list[list[str]] = []
+    previous_was_row = False
+    for line in output.splitlines():
+        is_row = line.startswith("|")
+        if is_row and not previous_was_row:
+            tables.append([])
+        if is_row:
+            tables[-1].append(line)
+        previous_was_row = is_row
+    assert len(tables) > index, f"no table {index} in output:\n{output}"
+    lines = tables[index]
     assert len(lines) >= 3, f"no table in output:\n{output}"
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert set(lines[1]) <= set("|-: "), lines[1]
@@ -92,3 +102,14 @@ def test_demo_reactive_bp_queue_is_bounded() -> None:
         assert 0 < peak <= 256, row
         assert delivered <= produced <= delivered + 256, row
     assert "Verdict:" in completed.stdout
+
+    # The multicast scene: WAIT loses nothing and holds at most buffer_size; the lossy
+    # policies account for every reading (received + missed == offered).
+    hot = {row["policy"]: row for row in _table_rows(completed.stdout, 1)}
+    assert set(hot) == {"WAIT", "DROP", "LATEST", "ERROR"}
+    wait = hot["WAIT"]
+    assert _count(wait["slow missed"]) == 0
+    assert _count(wait["fast received"]) == _count(wait["offered"]) == _count(wait["slow received"])
+    assert _count(wait["peak held (sampled)"]) <= 64
+    for row in hot.values():
+        assert _count(row["slow received"]) + _count(row["slow missed"]) == _count(row["offered"])

@@ -3,7 +3,9 @@
 Each server runs as a child process on a free ``127.0.0.1`` port with its data
 in a temporary directory, is ready when it accepts connections (polled, never a
 fixed sleep), and is stopped — with everything it started — by ``stop()`` or
-at the end of a ``with`` block::
+at the end of a ``with`` block (on Linux also when the thread that started it
+dies, so a killed test run leaves no server behind; start servers from a thread
+that outlives them, e.g. the main thread)::
 
     with RedisServer() as redis:
         url = redis.url   # redis://127.0.0.1:PORT
@@ -51,6 +53,24 @@ def free_port() -> int:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGKILL when the starting thread dies.
+
+    So a test run that is itself killed (a timeout, Ctrl-C twice) leaves no server
+    behind. Elsewhere a no-op: ``stop()`` remains the way servers end.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def find_executable(name: str, *extra_dirs: str) -> str | None:
@@ -110,6 +130,7 @@ class LoopbackServer:
                 env=self.environment(),
                 cwd=self.data_dir,
                 start_new_session=True,  # its own process group: stop() ends its children
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
