@@ -18,6 +18,12 @@ then checks that every bounded scenario stayed within its bound (exit status 1
 otherwise). Run ``python examples/demo.py`` (about 13 s) or ``--quick`` (about 2 s).
 Ctrl-C stops it at once: "interrupted" on stderr, exit status 130.
 
+The last table is a hot source shared by two subscribers: one producer thread
+offers readings into a ``MulticastProcessor``; a fast subscriber keeps up, a slow
+one takes ``consumer_delay`` per reading. Under each ``SlowSubscriberPolicy`` it
+shows who received what, and that ``WAIT`` holds at most ``buffer_size``
+readings while pacing the producer by the slow subscriber.
+
 The ``strategy:`` rows push the same readings from a thread that never waits
 through a backpressure strategy (``examples/strategies.py`` and
 ``docs/choosing-a-strategy.md`` compare all of them); more rows: write a
@@ -44,9 +50,12 @@ from reactive_bp import (
     BaseSubscriber,
     Emitter,
     Flow,
+    OfferResult,
     OverflowStrategy,
     RequestPolicy,
 )
+from reactive_bp.processors import MulticastProcessor, SlowSubscriberPolicy
+from reactive_bp.schedulers import ThreadPoolScheduler
 
 Reading = tuple[int, float]  # (sequence number, value)
 
@@ -443,6 +452,119 @@ def check_bounds(outcomes: Sequence[Outcome], settings: Settings) -> list[str]:
     return failures
 
 
+MULTICAST_BUFFER = 64
+
+
+class _HotSubscriber(BaseSubscriber[Reading]):
+    """Takes one reading at a time, spending ``delay`` on each (0: as fast as it can)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(RequestPolicy.batch(1))
+        self.delay = delay
+        self.received = 0
+        self.ended = threading.Event()
+        self.error: Exception | None = None
+
+    @override
+    def hook_on_next(self, item: Reading) -> None:
+        if self.delay:
+            time.sleep(self.delay)
+        self.received += 1
+
+    @override
+    def hook_on_complete(self) -> None:
+        self.ended.set()
+
+    @override
+    def hook_on_error(self, error: Exception) -> None:
+        self.error = error
+        self.ended.set()
+
+
+@dataclass(frozen=True)
+class HotOutcome:
+    """One policy's run of the multicast scene."""
+
+    policy: SlowSubscriberPolicy
+    offered: int
+    fast: tuple[int, int]  # received, missed
+    slow: tuple[int, int, str]  # received, missed, how it ended
+    peak_held: int
+
+
+def multicast_run(policy: SlowSubscriberPolicy, seconds: float, delay: float) -> HotOutcome:
+    """A producer thread offers readings for ``seconds``; two subscribers share them."""
+    hub = MulticastProcessor[Reading](buffer_size=MULTICAST_BUFFER, policy=policy)
+    fast, slow = _HotSubscriber(0.0), _HotSubscriber(delay)
+    # Each subscriber on its own thread, as consumers are: the producer's thread
+    # only hands readings over (publish_on holds at most 8 per subscriber).
+    pool = ThreadPoolScheduler(2)
+    hub.publish_on(pool, prefetch=8).subscribe(fast)
+    hub.publish_on(pool, prefetch=8).subscribe(slow)
+    offered = 0
+    peak = 0
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            result = hub.offer_blocking((offered, 0.0), timeout=0.05)
+            if result is OfferResult.CLOSED:
+                break
+            if result is not OfferResult.FULL:
+                offered += 1
+            if offered % 64 == 0:
+                stats = hub.subscriber_stats().values()
+                peak = max(peak, max((s.buffered for s in stats), default=0))
+            time.sleep(0)  # a real producer does some work between readings
+        hub.complete()
+        fast.ended.wait(10)
+        slow.ended.wait(10)
+    finally:
+        pool.shutdown()
+    ending = "completed" if slow.error is None else type(slow.error).__name__
+    return HotOutcome(
+        policy,
+        offered,
+        (fast.received, offered - fast.received),
+        (slow.received, offered - slow.received, ending),
+        peak,
+    )
+
+
+def multicast_scene(settings: Settings) -> list[str]:
+    """Each policy for a quarter of a scenario's time; returns the table and any bound broken."""
+    outcomes = [
+        multicast_run(policy, settings.seconds / 4, settings.consumer_delay)
+        for policy in SlowSubscriberPolicy
+    ]
+    print(
+        f"A hot source shared by two subscribers (MulticastProcessor, buffer_size="
+        f"{MULTICAST_BUFFER}): fast, and slow ({settings.consumer_delay * 1000:g} ms/reading)."
+    )
+    print()
+    print(
+        "| policy | offered | fast received | slow received | slow missed | slow ended "
+        "| peak held (sampled) |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|")
+    for o in outcomes:
+        print(
+            f"| {o.policy.name} | {o.offered:,} | {o.fast[0]:,} | {o.slow[0]:,} | "
+            f"{o.slow[1]:,} | {o.slow[2]} | {o.peak_held:,} |"
+        )
+    print()
+    print(
+        "WAIT paces the producer by the slow subscriber (nothing missed); DROP and LATEST "
+        "let it run and the slow one misses readings; ERROR fails the slow one alone."
+    )
+    failures = []
+    for o in outcomes:
+        if o.peak_held > MULTICAST_BUFFER:
+            failures.append(f"multicast {o.policy.name}: held {o.peak_held} > {MULTICAST_BUFFER}")
+        if o.policy is SlowSubscriberPolicy.WAIT and (o.fast[1] or o.slow[1]):
+            failures.append(f"multicast WAIT lost readings: {o}")
+    return failures
+
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 
 
@@ -485,7 +607,8 @@ def run_all(settings: Settings, live: bool) -> int:
     print("peak memory: tracemalloc peak during the scenario (Python allocations).")
     print()
     print(verdict(outcomes))
-    failures = check_bounds(outcomes, settings)
+    print()
+    failures = check_bounds(outcomes, settings) + multicast_scene(settings)
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -21,11 +21,21 @@ from .abc import Publisher as Publisher
 from .abc import Subscriber as Subscriber
 from .abc import Subscription as Subscription
 from .metrics import BackpressureMeter as BackpressureMeter
+from .operators._grouping import AlreadySubscribedError as AlreadySubscribedError
+from .operators._grouping import GroupedFlow as GroupedFlow
+from .operators._grouping import TooManyGroupsError as TooManyGroupsError
 from .operators._retry import Backoff as Backoff
 from .operators._retry import RetryExhaustedError as RetryExhaustedError
 from .operators._sampling import RateExceededError as RateExceededError
 from .operators._sampling import adaptive_keep_rate as adaptive_keep_rate
 from .operators._timing import FlowTimeoutError as FlowTimeoutError
+from .processors._connectable import ConnectableFlow as ConnectableFlow
+from .processors._multicast import DisconnectedError as DisconnectedError
+from .processors._multicast import MulticastProcessor as MulticastProcessor
+from .processors._multicast import SlowSubscriberPolicy as SlowSubscriberPolicy
+from .processors._multicast import SubscriberStats as SubscriberStats
+from .processors._replay import ReplayProcessor as ReplayProcessor
+from .processors._unicast import UnicastProcessor as UnicastProcessor
 from .schedulers._threads import RejectedExecutionError as RejectedExecutionError
 from .sources._generate import SynchronousSink as SynchronousSink
 from .sources._iterable import NoneItemError as NoneItemError
@@ -40,17 +50,22 @@ from .subscribers._lambda import LambdaSubscriber as LambdaSubscriber
 
 __all__ = [
     "UNBOUNDED",
+    "AlreadySubscribedError",
     "Backoff",
     "BackpressureMeter",
     "BaseSubscriber",
     "BufferOverflowError",
     "BufferStats",
+    "ConnectableFlow",
+    "DisconnectedError",
     "Disposable",
     "Emitter",
     "EmptyFlowError",
     "Flow",
     "FlowTimeoutError",
+    "GroupedFlow",
     "LambdaSubscriber",
+    "MulticastProcessor",
     "NonPositiveRequestError",
     "NoneItemError",
     "OfferResult",
@@ -61,13 +76,18 @@ __all__ = [
     "Publisher",
     "RateExceededError",
     "RejectedExecutionError",
+    "ReplayProcessor",
     "RequestPolicy",
     "RetryExhaustedError",
     "SignalType",
+    "SlowSubscriberPolicy",
     "SourceQueue",
     "Subscriber",
+    "SubscriberStats",
     "Subscription",
     "SynchronousSink",
+    "TooManyGroupsError",
+    "UnicastProcessor",
     "WaterMarks",
     "adaptive_keep_rate",
     "get_undeliverable_hook",

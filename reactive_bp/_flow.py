@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
     from .abc import Publisher, Subscriber
     from .metrics import BackpressureMeter
+    from .operators._grouping import GroupedFlow
     from .operators._retry import Backoff, RetryOn
+    from .processors._connectable import ConnectableFlow
+    from .processors._multicast import SlowSubscriberPolicy
     from .schedulers import Scheduler
     from .sources._generate import SynchronousSink
     from .sources._push import Emitter
@@ -41,6 +44,7 @@ U = TypeVar("U")
 R = TypeVar("R")
 A = TypeVar("A")
 S = TypeVar("S")
+K = TypeVar("K")
 
 
 class _NoValue:
@@ -309,6 +313,10 @@ class Flow(Generic[T_co]):
         with a conditional downstream (``filter``) a rejected item consumes no
         demand, as with ``from_iterable``. ``request`` may come from any
         thread; a bad ``request`` (Rule 3.9) cuts in within 64 pulls.
+        ``map``/``filter``/``skip``/``skip_while``/``take_while``/``take``
+        right after it are fused into it (one async generator, same
+        semantics), and ``aiter()`` of it pulls one item per item consumed,
+        without a pump task (unless ``loop`` is another loop than the running one).
 
         Cancellation: the pump task is cancelled and the iterator ``aclose``d.
 
@@ -625,6 +633,146 @@ class Flow(Generic[T_co]):
         """
         return _transform.buffer(self, count)
 
+    # -- splitting: groups and windows ----------------------------------------------------
+
+    def group_by(
+        self,
+        key: Callable[[T_co], K],
+        max_groups: int = 1024,
+        group_buffer: int = 256,
+    ) -> Flow[GroupedFlow[K, T_co]]:
+        """Split items by ``key`` into groups: one ``GroupedFlow`` per key, emitted when first seen.
+
+        ::
+
+            ^-a1-b1-a2-b2-|   group_by(letter)   ^-A-----B--------|
+                                                   A: a1----a2----|
+                                                   B:    b1----b2-|
+
+        Each group is a ``Flow`` with ``.key`` that accepts one subscriber (a
+        second gets ``on_error(AlreadySubscribedError)``) and holds its items
+        in a queue of at most ``group_buffer`` until they are requested. A
+        key may be any hashable value, ``None`` included.
+
+        Demand: a new group is emitted only against outer demand; until then
+        it waits with its first item and upstream is not asked for anything.
+        Upstream is asked for at most ``group_buffer`` items ahead, and only
+        what the fullest open group has room for (for every open group,
+        queued + outstanding upstream <= ``group_buffer``; requests come in
+        batches of 75%), so memory is at most ``max_groups * group_buffer``
+        items and nothing is requested before the outer's first request.
+        The known ``groupBy`` hang follows, by design: a group that is not
+        consumed (never subscribed, or not requesting) pauses the whole
+        source once its queue is full, and a new group waits for outer
+        demand. Remedy: consume every group, e.g. ``flat_map`` with
+        ``max_concurrency`` >= the number of keys (or ``take``/cancel groups
+        that are done), or bound the keys with ``max_groups``.
+
+        Cancellation: a group that cancels is removed (its queued items are
+        dropped); a later item with its key opens a new group. Cancelling
+        the outer drops the groups not yet emitted; emitted groups that have
+        a subscriber run on until they end or cancel (Reactor's semantics),
+        and items with a new key are dropped meanwhile. Once no group with a
+        subscriber is left, upstream is cancelled and groups nobody
+        subscribed to are dropped (a later subscriber gets
+        ``AlreadySubscribedError``).
+
+        Errors: an upstream error, a ``key`` that raises (or returns an
+        unhashable value) and a new key beyond ``max_groups``
+        (``TooManyGroupsError``) reach the outer and every open group, cutting
+        ahead of queued items; the last two cancel upstream. Completion
+        reaches every group after its queued items.
+
+        Example:
+            >>> Flow.range(6).group_by(lambda x: x % 2).flat_map(
+            ...     lambda g: g.buffer(3).map(lambda xs: (g.key, xs))
+            ... ).to_list()
+            [(0, [0, 2, 4]), (1, [1, 3, 5])]
+        """
+        from .operators import _grouping
+
+        return _grouping.group_by(self, key, max_groups, group_buffer)
+
+    def window(self, count: int) -> Flow[Flow[T_co]]:
+        """Split items into consecutive windows of ``count`` (the last may be shorter).
+
+        ::
+
+            ^-1-2-3-4-5-|   window(2)   ^-W------W------W-|
+                                          W: 1-2|
+                                                 3-4|
+                                                        5|
+
+        A window opens with its first item (never empty) and completes after
+        its ``count``-th; it is a ``Flow`` that accepts one subscriber (a
+        second gets ``on_error(AlreadySubscribedError)``).
+
+        Demand: a new window's ``count`` items are asked for only when the
+        outer has demand for it, so upstream is never more than ``count``
+        items ahead; each window holds at most ``count`` items until its
+        subscriber requests them. A window nobody consumes fills up and
+        closes: it does not stop the next one.
+
+        Cancellation: a window that cancels keeps its place (the rest of its
+        items are dropped), so boundaries never move. Cancelling the outer
+        lets the open window run to its end if it has a subscriber (one
+        without is dropped), then cancels upstream.
+
+        Errors: an upstream error reaches the outer and the open window,
+        cutting ahead of queued items; closed windows are complete.
+
+        Example:
+            >>> Flow.range(5).window(2).concat_map(lambda w: w.buffer(2)).to_list()
+            [[0, 1], [2, 3], [4]]
+        """
+        from .operators import _grouping
+
+        return _grouping.window(self, count)
+
+    def window_timeout(
+        self, max_size: int, max_time: float, scheduler: Scheduler | None = None
+    ) -> Flow[Flow[T_co]]:
+        """Split items into windows of at most ``max_size``, each open at most ``max_time`` seconds.
+
+        ::
+
+            ^-a-b-c-d----e------|   window_timeout(3, 2s)   ^-W-----W----W--|
+                                                              W: a-b-c|
+                                                                    d--|
+                                                                         e-|
+
+        A window opens with its first item (never empty) and completes when
+        it holds ``max_size`` items or ``max_time`` after it opened,
+        whichever comes first (Reactor's ``windowTimeout``, without empty
+        windows). Each window accepts one subscriber.
+
+        Demand: as ``window``: the next window's ``max_size`` items are asked
+        for only when the outer has demand for it, so upstream is never more
+        than ``max_size`` items ahead, and each window holds at most
+        ``max_size`` items. With backpressure, closing on time never fails
+        or drops anything for lack of outer demand: a window due to close
+        closes; items already requested then open the next window, which
+        waits (with its clock running) until the outer asks for it, and
+        nothing more is requested meanwhile.
+
+        Cancellation: as ``window``; the timer is cancelled once no window
+        can use it.
+
+        Errors: an upstream error reaches the outer and the open window,
+        cutting ahead of queued items; a clock that cannot run (a
+        ``ThreadPoolScheduler`` that shut down) fails the stream with its
+        ``RejectedExecutionError``.
+
+        Example:
+            >>> from reactive_bp.schedulers import VirtualTimeScheduler
+            >>> windows = Flow.range(5).window_timeout(2, 1.0, VirtualTimeScheduler())
+            >>> windows.concat_map(lambda w: w.buffer(2)).to_list()
+            [[0, 1], [2, 3], [4]]
+        """
+        from .operators import _grouping
+
+        return _grouping.window_timeout(self, max_size, max_time, scheduler)
+
     # -- combining ---------------------------------------------------------------------
 
     def flat_map(
@@ -725,6 +873,54 @@ class Flow(Generic[T_co]):
         from .operators import _combining
 
         return _combining.zip_(sources, prefetch)
+
+    # -- fan-out for work distribution -------------------------------------------------
+
+    def balance(self, n: int, buffer_size: int = 16) -> list[Flow[T_co]]:
+        """Split the items among ``n`` outputs: each item goes to exactly one that has demand.
+
+        ::
+
+            ^-a-b-c-d-e-|   balance(2)   out 0:  ^-a---c-d---|   (requests 3)
+                                         out 1:  ^---b-----e-|   (requests 2)
+
+        Akka's ``Balance``: work distribution over competing consumers. Each
+        output is a ``Flow`` for one subscriber; an item goes to an output
+        that requested it (round-robin among those that did), never to two,
+        and nothing is lost: items an output took but could not deliver (it
+        cancelled mid-batch) go to the others. The list is single-use: one
+        upstream subscription shared by the ``n`` outputs.
+
+        Demand: the upstream is subscribed once every output has a subscriber
+        (as an Akka graph runs once it is fully connected: otherwise a cold
+        source would hand everything to whichever output came first; an
+        output that is never subscribed therefore holds everything back).
+        It is then asked for what the outputs requested plus ``buffer_size``
+        items of prefetch, at most ``2 * buffer_size`` (at least 1) requested
+        or queued at once: total upstream demand never exceeds the sum of the
+        outputs' demand plus ``buffer_size``. ``buffer_size=0`` asks only for
+        what outputs requested, one item at a time.
+
+        Cancellation: an output that cancels stops receiving, the others go
+        on; when every output has cancelled, upstream is cancelled. A second
+        subscriber to an output receives ``AlreadySubscribedError``.
+
+        Errors: an upstream error reaches every live output at once, without
+        demand (queued items are discarded); completion reaches each output
+        once the queued items were taken. An output's bad ``request`` (Rule
+        3.9) or raising ``on_next`` fails only that output.
+
+        Example:
+            >>> first, second = Flow.range(6).balance(2)
+            >>> a, b = TestSubscriber(), TestSubscriber()
+            >>> first.subscribe(a); second.subscribe(b)
+            >>> a.request(4); b.request(10)
+            >>> sorted(a.items + b.items), len(a.items) <= 4
+            ([0, 1, 2, 3, 4, 5], True)
+        """
+        from .operators import _balance
+
+        return _balance.balance(self, n, buffer_size)
 
     # -- errors -----------------------------------------------------------------------
 
@@ -1574,6 +1770,156 @@ class Flow(Generic[T_co]):
 
         return _sampling.buffer_timeout(self, max_size, max_time, scheduler, meter)
 
+    # -- hot: multicast and replay --------------------------------------------------------
+
+    def publish(
+        self,
+        buffer_size: int = 256,
+        policy: SlowSubscriberPolicy | None = None,
+        *,
+        on_dropped: Callable[[int, T_co], object] | None = None,
+    ) -> ConnectableFlow[T_co]:
+        """Share one subscription of this flow among many subscribers, once connected.
+
+        ::
+
+            source:          -a-b-c-d-|
+            A subscribes:    ^
+            connect():         ^         (the source is subscribed here)
+            A:                 -a-b-c-d-|
+            B subscribes:          ^
+            B:                     -c-d-|
+
+        Subscribers join a ``MulticastProcessor(buffer_size, policy)``;
+        ``connect()`` subscribes it to this flow and returns the connection
+        (``dispose()`` it to stop). ``ref_count()`` and ``auto_connect()``
+        connect for you; ``share()`` is ``publish().ref_count()``.
+
+        Demand: per ``policy`` (default ``SlowSubscriberPolicy.WAIT``). ``WAIT``
+        paces this flow by the slowest subscriber, requesting at most
+        ``buffer_size`` items ahead of it; ``DROP``, ``LATEST`` and ``ERROR``
+        request in batches of ``buffer_size`` and handle a subscriber without
+        demand per the policy (each drop goes to ``on_dropped(subscriber_id,
+        item)``). Nothing is requested before ``connect()``.
+
+        Cancellation: a subscriber's cancel leaves the source running;
+        disposing the connection cancels it, and its subscribers get
+        ``DisconnectedError`` (as a source error: under ``WAIT`` after the queue).
+
+        Errors: this flow's ending reaches every subscriber after its buffered
+        items, and later subscribers too (under ``WAIT`` after the items still
+        queued), until ``connect()`` starts afresh.
+
+        Example:
+            >>> flow = Flow.range(3).publish()
+            >>> a, b = [], []
+            >>> _ = flow.subscribe_with(a.append)
+            >>> _ = flow.subscribe_with(b.append)
+            >>> _ = flow.connect()
+            >>> a, b
+            ([0, 1, 2], [0, 1, 2])
+        """
+        from .processors import _connectable
+
+        return _connectable.publish(self, buffer_size, policy, on_dropped)
+
+    def share(self) -> Flow[T_co]:
+        """Share one subscription among the current subscribers: ``publish().ref_count()``.
+
+        ::
+
+            source:  -a-b-c-d-e-|
+            A:       ^-a-b-c-d-e-|   (the first subscriber subscribes the source)
+            B:           ^-c-d-e-|   (joins the running subscription)
+            once all cancelled, the source is cancelled; a later subscriber
+            (or one after the source ended) subscribes it afresh
+
+        Demand: the slowest subscriber paces the source
+        (``SlowSubscriberPolicy.WAIT``): at most 256 items are requested ahead
+        of it.
+
+        Cancellation: when the last subscriber cancels, the source is
+        cancelled.
+
+        Errors: the source's ending reaches every current subscriber.
+
+        Example:
+            >>> shared = Flow.range(3).share()
+            >>> shared.to_list(), shared.to_list()
+            ([0, 1, 2], [0, 1, 2])
+        """
+        from .processors import _connectable
+
+        return _connectable.publish(self, 256, None, None).ref_count()
+
+    def replay(
+        self,
+        history: int | None = None,
+        ttl: float | None = None,
+        scheduler: Scheduler | None = None,
+    ) -> ConnectableFlow[T_co]:
+        """Like ``publish``, but each subscriber first gets the last ``history`` items.
+
+        ::
+
+            source:              -a-b-c-d-|
+            connect(), A:          -a-b-c-d-|
+            B (after c), history=None:  (a b c)-d-|
+            C (after c), history=2:       (b c)-d-|
+            D (after the end), history=2:     (c d)|
+
+        Subscribers join a ``ReplayProcessor(history, ttl, scheduler)``:
+        ``history=None`` keeps every item (unbounded memory, because you asked),
+        ``ttl`` stops replaying items older than that many seconds.
+        ``cache()`` is ``replay().auto_connect()``.
+
+        Demand: each subscriber receives the history, then live items, at its
+        own pace; this flow is asked only for what subscribers requested (see
+        ``ReplayProcessor`` for the bounds). Nothing is requested before
+        ``connect()``.
+
+        Cancellation: a subscriber's cancel leaves the source running;
+        disposing the connection cancels it.
+
+        Errors: the ending is replayed too: a later subscriber gets the
+        history, then the ending.
+
+        Example:
+            >>> flow = Flow.range(3).replay(2)
+            >>> _ = flow.connect()
+            >>> flow.to_list(), flow.to_list()
+            ([0, 1, 2], [1, 2])
+        """
+        from .processors import _connectable
+
+        return _connectable.replay(self, history, ttl, scheduler)
+
+    def cache(self) -> Flow[T_co]:
+        """Remember every item and the ending for later subscribers: ``replay().auto_connect()``.
+
+        ::
+
+            source:  -a-b-c-|        (subscribed once, by the first subscriber)
+            A:       ^-a-b-c-|
+            B:                 ^(a b c)|
+
+        Demand: the source is asked only for what subscribers requested; a
+        later subscriber gets the remembered items at its own pace.
+
+        Cancellation: subscribers come and go; the source keeps its one
+        subscription (it is never cancelled by them).
+
+        Errors: the source's error is remembered and replayed too.
+
+        Example:
+            >>> cached = Flow.range(3).cache()
+            >>> cached.to_list(), cached.to_list()
+            ([0, 1, 2], [0, 1, 2])
+        """
+        from .processors import _connectable
+
+        return _connectable.replay(self, None, None, None).auto_connect()
+
     # -- sinks --------------------------------------------------------------------------
 
     def subscribe_with(
@@ -1605,7 +1951,9 @@ class Flow(Generic[T_co]):
                 ...
 
         Demand: ``prefetch`` first, then 75% of it each time that many items
-        were consumed; the loop body is the consumer's pace.
+        were consumed; the loop body is the consumer's pace. Directly over
+        ``from_async_iterable``/``from_queue`` (and stages fused into them)
+        the source is iterated in place: one ``__anext__`` per item consumed.
 
         Cancellation: leaving the loop early (``break``, an exception, task
         cancellation) cancels upstream. After ``break`` that happens when the

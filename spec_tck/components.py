@@ -35,9 +35,11 @@ from reactive_bp import (
     Subscriber,
     SynchronousSink,
 )
-from reactive_bp.abc import Publisher
+from reactive_bp.abc import Processor, Publisher
 from reactive_bp.schedulers import ThreadPoolScheduler, VirtualTimeScheduler
 
+from ._env import SkipCheck
+from ._processor import IdentityProcessorVerification
 from ._publisher import PublisherVerification
 
 Kind = Literal["sync", "thread", "asyncio"]
@@ -209,6 +211,39 @@ def _entries() -> list[PublisherEntry]:
             ("concat",),
         ),
         e("zip", lambda n: Flow.zip(_numbers(n), _numbers(n)), ("zip",), INFINITE),
+        # -- hot: one subscription of the source shared (publish, replay)
+        e("share", lambda n: _numbers(n).share(), ("share",), INFINITE),
+        e(
+            "publish",
+            lambda n: _numbers(n).publish(16).auto_connect(),
+            ("publish",),
+            INFINITE,
+        ),
+        e("replay", lambda n: _numbers(n).replay(8).ref_count(), ("replay",), INFINITE),
+        e("cache", lambda n: Flow.range(n).cache(), ("cache",)),
+        e("balance", lambda n: _numbers(n).balance(1, buffer_size=4)[0], ("balance",), INFINITE),
+        # -- splitting, flattened back so the items can be counted
+        e(
+            "group_by",
+            lambda n: _numbers(n).group_by(lambda x: x % 4, group_buffer=8).flat_map(lambda g: g),
+            ("group_by",),
+            INFINITE,
+        ),
+        e(
+            "window",
+            lambda n: _numbers(n).window(3).concat_map(lambda w: w),
+            ("window",),
+            INFINITE,
+        ),
+        e(
+            "window_timeout",
+            lambda n: (
+                Flow.range(n)
+                .window_timeout(3, 60.0, scheduler=VirtualTimeScheduler())
+                .concat_map(lambda w: w)
+            ),
+            ("window_timeout",),
+        ),
         e(
             "on_error_resume",
             lambda n: _numbers(n).on_error_resume(lambda error: Flow.empty()),
@@ -366,4 +401,132 @@ def verification_for(entry: PublisherEntry) -> PublisherVerification[object]:
             return entry.max_elements
 
     EntryVerification.__name__ = EntryVerification.__qualname__ = f"{entry.name}_verification"
+    return EntryVerification()
+
+
+# -- processors ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessorEntry:
+    """A processor of reactive_bp as ``IdentityProcessorVerification`` checks it.
+
+    ``create(buffer_size)`` returns a fresh pass-through processor; ``lossy``
+    processors skip the publisher-view checks (they drop what nobody asked for);
+    ``skips`` maps a check to the reason it does not apply to this configuration
+    (printed with the check's result).
+    """
+
+    name: str
+    create: Callable[[int], Processor[object, object]]
+    coordinated: bool = False
+    buffer_size: int = 16
+    max_subscribers: int = UNBOUNDED
+    lossy: bool = False
+    skips: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_LOSSY_PROCESSOR = (
+    "items that arrive before a subscriber, or beyond its demand, are dropped (or fail it) "
+    "by design; the publisher view is verified under WAIT"
+)
+# A replay processor replays its history to a late subscriber: Rule 4.1's check expects the
+# late one to start at the live item.
+_REPLAYS_HISTORY = (
+    "required_spec401_must_request_from_upstream_for_elements_that_have_been_requested_long_ago",
+    "a replay processor replays its history to a late subscriber by design "
+    "(replay_live runs this check with history=0)",
+)
+
+
+def _multicast(policy_name: str) -> Callable[[int], Processor[object, object]]:
+    def create(buffer_size: int) -> Processor[object, object]:
+        from reactive_bp.processors import MulticastProcessor, SlowSubscriberPolicy
+
+        return MulticastProcessor(buffer_size, SlowSubscriberPolicy[policy_name])
+
+    return create
+
+
+def _replay(history: int | None) -> Callable[[int], Processor[object, object]]:
+    def create(buffer_size: int) -> Processor[object, object]:
+        from reactive_bp.processors import ReplayProcessor
+
+        return ReplayProcessor(history, buffer_size=buffer_size, auto_cancel=True)
+
+    return create
+
+
+def _unicast(buffer_size: int) -> Processor[object, object]:
+    from reactive_bp.processors import UnicastProcessor
+
+    return UnicastProcessor(buffer_size)
+
+
+def _processor_entries() -> list[ProcessorEntry]:
+    p = ProcessorEntry
+    # Rule 4.1 under DROP: a late subscriber with no demand when the item came misses it.
+    drop_skips = (
+        (
+            _REPLAYS_HISTORY[0],
+            "DROP: the late subscriber had no demand when the item came, so it missed it "
+            "by design (LATEST and ERROR keep it and pass this check)",
+        ),
+    )
+    # Rule 3.8's check wants a downstream request(3), made after two items were consumed,
+    # to show up upstream: a 75%-replenishing prefetch does that with buffer_size 2.
+    return [
+        p("multicast_wait", _multicast("WAIT"), coordinated=True, buffer_size=2),
+        p("multicast_drop", _multicast("DROP"), buffer_size=2, lossy=True, skips=drop_skips),
+        p("multicast_latest", _multicast("LATEST"), buffer_size=2, lossy=True),
+        p("multicast_error", _multicast("ERROR"), buffer_size=2, lossy=True),
+        p("replay_live", _replay(0), coordinated=True),
+        p("replay_all", _replay(None), coordinated=True, skips=(_REPLAYS_HISTORY,)),
+        p("replay_last3", _replay(3), coordinated=True, skips=(_REPLAYS_HISTORY,)),
+        p("unicast", _unicast, max_subscribers=1),
+    ]
+
+
+PROCESSORS: list[ProcessorEntry] = _processor_entries()
+
+
+def processor_verification_for(entry: ProcessorEntry) -> IdentityProcessorVerification[object]:
+    """An ``IdentityProcessorVerification`` of ``entry``'s processor."""
+
+    class EntryVerification(IdentityProcessorVerification[object]):
+        def create_identity_processor(self, buffer_size: int) -> Processor[object, object]:
+            return entry.create(buffer_size)
+
+        def create_element(self, index: int) -> object:
+            return index
+
+        def processor_buffer_size(self) -> int:
+            return entry.buffer_size
+
+        def max_supported_subscribers(self) -> int:
+            return entry.max_subscribers
+
+        def does_coordinated_emission(self) -> bool:
+            return entry.coordinated
+
+        def create_publisher(self, elements: int) -> Publisher[object]:
+            if entry.lossy:
+                raise SkipCheck(_LOSSY_PROCESSOR)
+            return super().create_publisher(elements)
+
+        def create_failed_publisher(self) -> Publisher[object] | None:
+            processor = entry.create(4)
+            processor.on_error(RuntimeError(f"{entry.name} failed on purpose"))
+            return processor
+
+    for check, reason in entry.skips:
+
+        def skipped(self: object, reason: str = reason) -> None:
+            raise SkipCheck(reason)
+
+        setattr(EntryVerification, check, skipped)
+    EntryVerification.__name__ = EntryVerification.__qualname__ = f"Verify_{entry.name}"
     return EntryVerification()

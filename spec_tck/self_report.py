@@ -1,7 +1,9 @@
 """``python -m spec_tck.self_report``: the rule x component table for reactive_bp itself.
 
 Runs ``PublisherVerification`` against every source and operator registered in
-``spec_tck.components`` and prints one row per component: the counts, and one
+``spec_tck.components``, and ``IdentityProcessorVerification`` (publisher,
+subscriber and multi-subscriber checks) against every processor configuration
+registered there, and prints one row per component: the counts, and one
 symbol per check in rule order (``P`` passed, ``F`` failed, ``s`` skipped, ``u``
 untested). ``--json PATH`` writes every result; the exit status is 1 if any
 required check failed.
@@ -16,7 +18,13 @@ from collections import Counter
 from collections.abc import Sequence
 
 from ._rules import RuleResult
-from .components import PUBLISHERS, shutdown_pool, verification_for
+from .components import (
+    PROCESSORS,
+    PUBLISHERS,
+    processor_verification_for,
+    shutdown_pool,
+    verification_for,
+)
 
 _SYMBOL = {"passed": "P", "failed": "F", "skipped": "s", "untested": "u"}
 
@@ -31,7 +39,17 @@ def run_all(only: Sequence[str] = ()) -> dict[str, list[RuleResult]]:
     return results
 
 
-def table(results: dict[str, list[RuleResult]]) -> str:
+def run_processors(only: Sequence[str] = ()) -> dict[str, list[RuleResult]]:
+    """Run the identity-processor checks for each registered processor (or those in ``only``)."""
+    results: dict[str, list[RuleResult]] = {}
+    for entry in PROCESSORS:
+        if only and entry.name not in only:
+            continue
+        results[entry.name] = processor_verification_for(entry).run()
+    return results
+
+
+def table(results: dict[str, list[RuleResult]], what: str = "components") -> str:
     """The report as text: a legend of checks, then one row per component."""
     if not results:
         return "no components"
@@ -59,7 +77,7 @@ def table(results: dict[str, list[RuleResult]]) -> str:
     ]
     lines.append("")
     lines.append(
-        f"self-report: {len(results)} components, checks passed={totals['passed']} "
+        f"self-report: {len(results)} {what}, checks passed={totals['passed']} "
         f"failed={totals['failed']} skipped={totals['skipped']} untested={totals['untested']}"
     )
     if failures:
@@ -79,10 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         results = run_all(args.only)
+        processors = run_processors(args.only)
     finally:
         shutdown_pool()
     if args.json:
-        payload = {name: [r.to_json() for r in rows] for name, rows in results.items()}
+        everything = {**results, **{f"processor:{k}": v for k, v in processors.items()}}
+        payload = {name: [r.to_json() for r in rows] for name, rows in everything.items()}
         text = json.dumps(payload, indent=2)
         if args.json == "-":
             print(text)
@@ -91,7 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 handle.write(text + "\n")
     if args.json != "-":
         print(table(results))
-    failed = any(row.status == "failed" for rows in results.values() for row in rows)
+        if processors:
+            print()
+            print("processors (IdentityProcessorVerification):")
+            print(table(processors, "processors"))
+    failed = any(
+        row.status == "failed" for rows in (*results.values(), *processors.values()) for row in rows
+    )
     return 1 if failed else 0
 
 

@@ -42,6 +42,7 @@ from reactive_bp import (
     SynchronousSink,
 )
 from reactive_bp.abc import Publisher
+from reactive_bp.processors import SlowSubscriberPolicy
 from reactive_bp.schedulers import ThreadPoolScheduler
 from tests.operators.test_matrix import CASES
 from tests.races import (
@@ -309,6 +310,34 @@ EXTRA_OPERATORS: list[OperatorRace] = [
         "buffer_3_publish_on",
         lambda f, pool: f.buffer(3).publish_on(pool, prefetch=2),
         expect_model(lambda xs: _chunks(xs, 3)),
+    ),
+    # -- hot streams and fan-out (issue 11): a processor or splitter in the middle
+    OperatorRace("share", lambda f, _: f.share(), expect_model(list)),
+    OperatorRace(
+        "publish_drop_ref_count",
+        lambda f, _: f.publish(8, SlowSubscriberPolicy.DROP).ref_count(),
+        None,  # drops by design
+    ),
+    OperatorRace("replay_4_ref_count", lambda f, _: f.replay(4).ref_count(), expect_model(list)),
+    OperatorRace(
+        "balance_2_merged",
+        lambda f, _: Flow.merge(*f.balance(2, buffer_size=4)),
+        expect_model(list, ordered=False),
+    ),
+    OperatorRace(
+        "group_by_flat",
+        lambda f, _: f.group_by(lambda x: x % 3, group_buffer=2).flat_map(
+            lambda g: g, max_concurrency=3
+        ),
+        expect_model(list, ordered=False),
+    ),
+    OperatorRace(
+        "window_concat", lambda f, _: f.window(3).concat_map(lambda w: w), expect_model(list)
+    ),
+    OperatorRace(
+        "window_timeout_concat",
+        lambda f, _: f.window_timeout(3, 0.0003).concat_map(lambda w: w),
+        expect_model(list),
     ),
 ]
 

@@ -23,3 +23,25 @@ def test_self_report_prints_the_table(capsys: pytest.CaptureFixture[str]) -> Non
     assert "self-report: 2 components" in out and "failed=0" in out
     assert "required_spec309" in out
     assert table({}) == "no components"
+
+
+def test_self_report_includes_every_processor(capsys: pytest.CaptureFixture[str]) -> None:
+    # The processors' full verifications run in tests/processors; here: the registry
+    # covers every processor class and policy, and the report runs and prints them.
+    from reactive_bp.processors import (
+        MulticastProcessor,
+        ReplayProcessor,
+        SlowSubscriberPolicy,
+        UnicastProcessor,
+    )
+    from spec_tck.components import PROCESSORS
+
+    made = [entry.create(4) for entry in PROCESSORS]
+    policies = {p.policy for p in made if isinstance(p, MulticastProcessor)}
+    assert policies == set(SlowSubscriberPolicy)
+    assert any(isinstance(p, ReplayProcessor) for p in made)
+    assert any(isinstance(p, UnicastProcessor) for p in made)
+    assert main(["--only", "unicast"]) == 0
+    out = capsys.readouterr().out
+    assert "processors (IdentityProcessorVerification):" in out
+    assert "self-report: 1 processors" in out and "failed=0" in out
