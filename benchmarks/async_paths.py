@@ -11,14 +11,20 @@ the same job and in the same event loop:
   async generator read directly (the floor), the async generator behind one
   pass-through async-generator stage (the baseline), aiostream
   ``stream.iterate``, an ``asyncio.Queue(maxsize=256)`` between a producer task
-  and the consumer, and ``Flow.from_async_iterable(agen).aiter(256)``.
+  and the consumer, and ``Flow.from_async_iterable(agen).aiter(256)`` three
+  ways: as a user writes it (consumer fusion: ``aiter`` iterates the source
+  through one compiled async generator), behind ``Flow.defer`` (not fusable:
+  the pump task and the ``aiter`` bridge, what every ``aiter`` cost before),
+  and read by a subscriber with ``batch(256)`` (the pump, no ``aiter``).
 * ``async-filter``: the same source through ``filter(even)``: an
   async-generator filter (the baseline), aiostream ``pipe.filter``, and
-  ``Flow.from_async_iterable(agen).filter(even).aiter(256)`` (a rejected item
-  costs no ``request(1)`` when the source uses ``try_on_next``).
+  ``Flow.from_async_iterable(agen).filter(even)`` the same three ways (fused
+  into the source, and consumer-fused under ``aiter``; unfused behind
+  ``defer``, where a rejected item still costs no ``request(1)`` thanks to
+  ``try_on_next``; fused and pumped to a subscriber).
 * ``queue``: a producer task puts ``N`` ints into an
   ``asyncio.Queue(maxsize=256)`` and then ``None``; read directly (the
-  baseline) or with ``Flow.from_queue(queue).aiter(256)``.
+  baseline) or with ``Flow.from_queue(queue).aiter(256)`` (consumer-fused).
 
 Method (as ``run.py``): one process, one warm-up round, then ``--repeat``
 interleaved rounds (default 5) in which every contender of a scenario runs
@@ -45,7 +51,7 @@ from pathlib import Path
 from _machine import library_version, machine_summary
 
 import reactive_bp
-from reactive_bp import Flow
+from reactive_bp import Flow, RequestPolicy
 
 try:
     from aiostream import pipe as aio_pipe
@@ -123,6 +129,23 @@ async def _sum_aiostream(stream: AsyncIterable[int]) -> int:
     return total
 
 
+async def _sum_subscribed(flow: Flow[int]) -> int:
+    """Sum with a subscriber requesting ``batch(256)``: the pump path, no ``aiter``."""
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    total = [0]
+
+    def add(x: int) -> None:
+        total[0] += x
+
+    flow.subscribe_with(
+        add,
+        done.set_exception,
+        lambda: done.set_result(total[0]),
+        request=RequestPolicy.batch(PREFETCH),
+    )
+    return await done
+
+
 # -- scenario: pipeline (map -> filter -> map) -------------------------------------------
 
 
@@ -185,6 +208,16 @@ async def _source_rbp(n: int) -> int:
     return await _sum(Flow.from_async_iterable(_agen_range(n)).aiter(PREFETCH))
 
 
+async def _source_rbp_bridge(n: int) -> int:
+    # Flow.defer hides the source from consumer fusion: the pump task and the bridge.
+    flow = Flow.defer(lambda: Flow.from_async_iterable(_agen_range(n)))
+    return await _sum(flow.aiter(PREFETCH))
+
+
+async def _source_rbp_pump(n: int) -> int:
+    return await _sum_subscribed(Flow.from_async_iterable(_agen_range(n)))
+
+
 # -- scenario: async source -> filter -----------------------------------------------------
 
 
@@ -200,6 +233,16 @@ async def _filter_aiostream(n: int) -> int:
 async def _filter_rbp(n: int) -> int:
     flow = Flow.from_async_iterable(_agen_range(n)).filter(_is_even)
     return await _sum(flow.aiter(PREFETCH))
+
+
+async def _filter_rbp_bridge(n: int) -> int:
+    # Unfused: the filter operator after the pump, then the bridge.
+    flow = Flow.defer(lambda: Flow.from_async_iterable(_agen_range(n))).filter(_is_even)
+    return await _sum(flow.aiter(PREFETCH))
+
+
+async def _filter_rbp_pump(n: int) -> int:
+    return await _sum_subscribed(Flow.from_async_iterable(_agen_range(n)).filter(_is_even))
 
 
 # -- scenario: asyncio.Queue ----------------------------------------------------------------
@@ -301,6 +344,16 @@ SCENARIOS: tuple[Scenario, ...] = (
             Contender("aiostream", "aiostream stream.iterate(agen)", _source_aiostream),
             Contender("queue", "producer task + asyncio.Queue(maxsize=256)", _source_queue),
             Contender("rbp", "reactive_bp from_async_iterable(agen).aiter(256)", _source_rbp),
+            Contender(
+                "rbp-bridge",
+                "reactive_bp, not consumer-fused: defer(from_async_iterable).aiter(256)",
+                _source_rbp_bridge,
+            ),
+            Contender(
+                "rbp-pump",
+                "reactive_bp from_async_iterable(agen) -> subscriber, batch(256)",
+                _source_rbp_pump,
+            ),
         ),
     ),
     Scenario(
@@ -313,6 +366,16 @@ SCENARIOS: tuple[Scenario, ...] = (
             Contender("aiostream", "aiostream iterate(agen) | filter", _filter_aiostream),
             Contender(
                 "rbp", "reactive_bp from_async_iterable(agen).filter.aiter(256)", _filter_rbp
+            ),
+            Contender(
+                "rbp-bridge",
+                "reactive_bp, unfused: defer(from_async_iterable).filter.aiter(256)",
+                _filter_rbp_bridge,
+            ),
+            Contender(
+                "rbp-pump",
+                "reactive_bp from_async_iterable(agen).filter (fused) -> subscriber, batch(256)",
+                _filter_rbp_pump,
             ),
         ),
     ),
@@ -388,8 +451,9 @@ def markdown_table(scenario: Scenario, results: Sequence[Measurement], n: int) -
     ]
     for m in results:
         vs_aiostream = "n/a" if aiostream_row is None else f"{aiostream_row.median / m.median:.2f}x"
+        label = m.contender.label.replace("|", "\\|")  # a markdown cell
         lines.append(
-            f"| {m.contender.label} | {m.median:.3f} ({min(m.times):.3f}-{max(m.times):.3f}) "
+            f"| {label} | {m.median:.3f} ({min(m.times):.3f}-{max(m.times):.3f}) "
             f"| {n / m.median:,.0f} | {baseline.median / m.median:.2f}x | {vs_aiostream} |"
         )
     return "\n".join(lines)

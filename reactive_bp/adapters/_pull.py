@@ -5,6 +5,11 @@ they ask for ``prefetch`` first, then for ``limit = prefetch - prefetch // 4``
 more each time ``limit`` items were consumed (the 75% replenish rule), so the
 producer rarely waits and memory stays bounded by ``prefetch``.
 
+``aiter`` directly over an async-iterable source (``from_async_iterable``,
+``from_queue``, with or without fused stages) skips all of this: it iterates
+the source through one compiled async generator (``operators/_async_fusion.py``),
+one pull per item consumed, which is within any ``prefetch``.
+
 Cost per item: the publisher appends to a deque and wakes the consumer only if
 it is asleep; the consumer pops items that are already queued without a lock,
 an ``await`` or a future (``aiter``) or an event (``blocking_iter``), and
@@ -44,6 +49,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from .._core._hooks import ProtocolViolationError
 from .._core._operator import CANCELLED
 from .._core._terminal import Terminal
+from ..operators._async_fusion import direct_aiter
 from ..subscribers._blocking import refuse_running_loop
 
 if TYPE_CHECKING:
@@ -292,10 +298,24 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def aiter_flow(
-    source: Flow[T], prefetch: int, total: int | None = None
+def aiter_flow(source: Flow[T], prefetch: int, total: int | None = None) -> AsyncGenerator[T, None]:
+    """See :meth:`Flow.aiter`; ``total`` caps how many items are requested in all.
+
+    An async-iterable source (fused or not) with nothing in between is
+    iterated directly (consumer fusion, ``operators/_async_fusion.py``): one
+    pull per item consumed is within any ``prefetch``. Anything else is
+    subscribed to through the bridge.
+    """
+    if type(prefetch) is int and prefetch > 0:  # else the bridge raises, at first use
+        direct = direct_aiter(source)
+        if direct is not None:
+            return direct
+    return _aiter_bridge(source, prefetch, total)
+
+
+async def _aiter_bridge(
+    source: Flow[T], prefetch: int, total: int | None
 ) -> AsyncGenerator[T, None]:
-    """See :meth:`Flow.aiter`; ``total`` caps how many items are requested in all."""
     loop = asyncio.get_running_loop()
     bridge: _AsyncBridge[T] = _AsyncBridge(_check_prefetch(prefetch), loop, total)
     source.subscribe(bridge)

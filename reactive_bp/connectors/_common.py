@@ -111,7 +111,7 @@ class Settlement:
     def __init__(
         self,
         kind: str,
-        coroutine: Coroutine[Any, Any, None],
+        coroutine: Coroutine[Any, Any, None] | asyncio.Future[None],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.kind = kind
@@ -119,9 +119,16 @@ class Settlement:
         future: concurrent.futures.Future[None]
         if _running_loop() is loop:
             future = concurrent.futures.Future()
-            task = loop.create_task(coroutine)
-            task.add_done_callback(lambda done: _copy_outcome(done, future))
+            if isinstance(coroutine, asyncio.Future):
+                # Already under way on this loop (a connector batching its acks,
+                # say): no task per settlement.
+                coroutine.add_done_callback(lambda done: _copy_outcome(done, future))
+            else:
+                task = loop.create_task(coroutine)
+                task.add_done_callback(lambda done: _copy_outcome(done, future))
         else:
+            if isinstance(coroutine, asyncio.Future):
+                coroutine = _wait(coroutine)
             try:
                 future = asyncio.run_coroutine_threadsafe(coroutine, loop)
             except RuntimeError as closed:  # the loop is closed
@@ -158,7 +165,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _copy_outcome(task: asyncio.Task[None], future: concurrent.futures.Future[None]) -> None:
+async def _wait(future: asyncio.Future[None]) -> None:
+    await future
+
+
+def _copy_outcome(task: asyncio.Future[None], future: concurrent.futures.Future[None]) -> None:
     if task.cancelled():
         future.cancel()
     elif (error := task.exception()) is not None:
@@ -173,6 +184,10 @@ class Message(Generic[T_co]):
     ``ack()`` tells the broker the message is processed; ``nack(requeue=True)``
     gives it back (redelivered when ``requeue``, dropped or dead-lettered when not,
     as the broker does). Both are thread-safe and return a ``Settlement``.
+
+    A connector's ``ack``/``nack`` callables return a coroutine (run as a task on
+    ``loop``) or, when called on ``loop`` itself, an ``asyncio.Future`` already
+    under way (no task per settlement).
     """
 
     __slots__ = ("_ack", "_lock", "_loop", "_nack", "_settlement", "metadata", "value")
@@ -182,8 +197,8 @@ class Message(Generic[T_co]):
         value: T_co,
         metadata: Mapping[str, object],
         *,
-        ack: Callable[[], Coroutine[Any, Any, None]],
-        nack: Callable[[bool], Coroutine[Any, Any, None]],
+        ack: Callable[[], Coroutine[Any, Any, None] | asyncio.Future[None]],
+        nack: Callable[[bool], Coroutine[Any, Any, None] | asyncio.Future[None]],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.value = value
@@ -208,7 +223,9 @@ class Message(Generic[T_co]):
         settlement = self._settlement
         return None if settlement is None else settlement.kind
 
-    def _settle(self, kind: str, start: Callable[[], Coroutine[Any, Any, None]]) -> Settlement:
+    def _settle(
+        self, kind: str, start: Callable[[], Coroutine[Any, Any, None] | asyncio.Future[None]]
+    ) -> Settlement:
         with self._lock:
             settlement = self._settlement
             if settlement is None:

@@ -113,14 +113,15 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
 class CallbackStopIteration(Exception):
     """Carries a ``StopIteration`` raised by a user function out of the generator.
 
-    Without it PEP 479 turns the exception into ``RuntimeError``; the
-    subscription unwraps it, so downstream sees the original object, as it
-    would from the unfused operator.
+    Without it PEP 479 turns the exception into ``RuntimeError`` (and, in an
+    async generator, ``StopAsyncIteration`` too); the subscription unwraps
+    it, so downstream sees the original object, as it would from the unfused
+    operator.
     """
 
     __slots__ = ("stop",)
 
-    def __init__(self, stop: StopIteration) -> None:
+    def __init__(self, stop: StopIteration | StopAsyncIteration) -> None:
         super().__init__(stop)
         self.stop = stop
 
@@ -308,22 +309,35 @@ class FusedIterableFlow(Flow[T], Generic[T]):
 
     def _with(self, kind: str, arg: object) -> FusedIterableFlow[object] | None:
         """This flow with one more stage, or None if the stage cannot be fused here."""
-        names = (*self._names, kind)
-        if kind == _TAKE:
-            count = cast("int", arg)
-            if count == 0:
-                return None  # take(0) completes on subscribe: leave it to the operator
-            take = count if self._take is None else min(self._take, count)
-            return FusedIterableFlow(self._base, self._kinds, self._args, take, names)
-        if self._take is not None and kind != _MAP:
-            # Only a 1:1 stage commutes with the take counted at the end.
+        plan = add_stage(self._kinds, self._args, self._take, kind, arg)
+        if plan is None:
             return None
-        return FusedIterableFlow(
-            self._base, (*self._kinds, kind), (*self._args, arg), self._take, names
-        )
+        kinds, args, take = plan
+        return FusedIterableFlow(self._base, kinds, args, take, (*self._names, kind))
 
     def __repr__(self) -> str:
         return repr(self._base) + "".join(f".{name}(...)" for name in self._names)
+
+
+Plan = tuple[tuple[str, ...], tuple[object, ...], int | None]
+
+
+def add_stage(
+    kinds: tuple[str, ...], args: tuple[object, ...], take: int | None, kind: str, arg: object
+) -> Plan | None:
+    """The stages and final take after fusing ``kind(arg)``; None if it cannot be fused.
+
+    The one rule of what fuses, for iterable and async-iterable sources alike.
+    """
+    if kind == _TAKE:
+        count = cast("int", arg)
+        if count == 0:
+            return None  # take(0) completes on subscribe: leave it to the operator
+        return kinds, args, count if take is None else min(take, count)
+    if take is not None and kind != _MAP:
+        # Only a 1:1 stage commutes with the take counted at the end.
+        return None
+    return (*kinds, kind), (*args, arg), take
 
 
 def _may_yield_none(base: IterableFlow[object]) -> bool:
@@ -335,12 +349,18 @@ def fuse(source: Flow[object], kind: str, arg: object) -> Flow[object] | None:
     """Return ``source`` with the stage ``kind(arg)`` fused in, or None if it cannot be.
 
     ``source`` is fusable when it is an iterable source (``from_iterable``,
-    ``range``, ``just``) or already a fused flow; ``arg`` is the stage's
-    function, or its count for ``skip`` and ``take`` (validated by the caller).
+    ``range``, ``just``), an async-iterable source (``from_async_iterable``,
+    ``from_queue``: see ``_async_fusion.py``) or already a fused flow;
+    ``arg`` is the stage's function, or its count for ``skip`` and ``take``
+    (validated by the caller).
     """
     if type(source) is FusedIterableFlow:
         return source._with(kind, arg)
     if type(source) is IterableFlow:
         base = cast("IterableFlow[object]", source)
         return FusedIterableFlow(base, (), (), None, ())._with(kind, arg)
-    return None
+    return _async_fusion.fuse_async(source, kind, arg)
+
+
+# The async counterpart reuses the templates above; bound last, as it imports them.
+from . import _async_fusion  # noqa: E402

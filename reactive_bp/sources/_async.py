@@ -20,9 +20,10 @@ from ._iterable import NoneItemError
 if TYPE_CHECKING:
     from ..abc import Subscriber
 
-__all__ = ["AsyncIterableFlow", "queue_items"]
+__all__ = ["AsyncIterableFlow", "queue_items", "start"]
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 # Pulls between two looks at the terminal state: how soon a bad request
 # (Rule 3.9) cuts into a long batch. Cancellation is seen at every pull.
@@ -41,6 +42,10 @@ class _AsyncPullSubscription(Generic[T]):
     A subscriber with ``try_on_next`` (a ``filter``, say) is called through it
     and an item counts against demand only when it returns ``True``, so a
     rejected item costs no ``request(1)`` round trip.
+
+    A fused chain that ends in ``take(k)`` sets ``_remaining``: the pump then
+    offers at most ``k`` items in all and completes on the ``k``-th at once,
+    as the ``take`` operator does, without pulling item ``k + 1``.
     """
 
     __slots__ = (
@@ -48,6 +53,7 @@ class _AsyncPullSubscription(Generic[T]):
         "_iterator",
         "_lock",
         "_loop",
+        "_remaining",
         "_requested",
         "_running",
         "_source",
@@ -76,6 +82,10 @@ class _AsyncPullSubscription(Generic[T]):
         # once the pump delivered the ending or downstream cancelled.
         self._terminal = Terminal(source)
         self._task: asyncio.Task[None] | None = None
+        # Items a final ``take`` still lets through (fused chains only; None:
+        # no take). Touched only by the pump (Rule 1.3), so it needs no lock.
+        # Invariant: > 0 while the stream runs; the pump completes at 0.
+        self._remaining: int | None = None
 
     def request(self, n: int) -> None:
         error = check_request(n)
@@ -125,13 +135,18 @@ class _AsyncPullSubscription(Generic[T]):
                 return
             try_on_next: Callable[[T], bool] | None = getattr(actual, "try_on_next", None)
             on_next = actual.on_next
+            remaining = self._remaining
             emitted = 0  # Invariant: emitted <= budget <= _requested
             while emitted < budget:
                 # Once per chunk: a bad request cuts in (Rule 3.9) within
                 # _CHUNK pulls, without a property read per item.
                 if terminal.is_closed or terminal.ending is not None:
                     break
-                for _ in range(min(budget - emitted, _CHUNK)):  # never beyond demand
+                chunk = min(budget - emitted, _CHUNK)  # never beyond demand
+                if remaining is not None and remaining < chunk:
+                    chunk = remaining  # a take: never offer item k + 1
+                # Each turn is one pull and one offer; only a return leaves early.
+                for _ in range(chunk):
                     # cancel() drops _actual (Rule 3.13): nothing more is
                     # pulled, even when on_next itself cancelled (Rule 3.7).
                     if self._actual is None:
@@ -168,6 +183,13 @@ class _AsyncPullSubscription(Generic[T]):
                             emitted += 1
                     except Exception as fault:  # Rule 2.13
                         self._finish(actual, fault)
+                        return
+                if remaining is not None:
+                    # A take counts every item offered (accepted or not).
+                    remaining -= chunk
+                    self._remaining = remaining
+                    if not remaining:
+                        self._finish(actual, None)  # the k-th item completes at once
                         return
             with self._lock:
                 self._requested = produced(self._requested, emitted)
@@ -223,6 +245,19 @@ class AsyncIterableFlow(Flow[T]):
 
     @override
     def _subscribe(self, subscriber: Subscriber[T]) -> None:
+        opened = self._open(subscriber)
+        if opened is not None:
+            loop, iterator = opened
+            start(subscriber, _AsyncPullSubscription(subscriber, iterator, loop, self), self)
+
+    def _open(
+        self, subscriber: Subscriber[U]
+    ) -> tuple[asyncio.AbstractEventLoop, AsyncIterator[T]] | None:
+        """The loop to pump on and a fresh iterator, or None after failing ``subscriber``.
+
+        Shared with the fused chains (``operators/_async_fusion.py``), so that
+        they refuse and fail exactly as this source does.
+        """
         try:
             loop = self._loop if self._loop is not None else asyncio.get_running_loop()
         except RuntimeError:
@@ -234,22 +269,28 @@ class AsyncIterableFlow(Flow[T]):
                 ),
                 self,
             )
-            return
+            return None
         try:
             iterator = self._iterable.__aiter__()
         except Exception as error:
             subscriber.on_subscribe(EmptySubscription())
             signal_error(subscriber, error, self)
-            return
-        subscription = _AsyncPullSubscription(subscriber, iterator, loop, self)
-        try:
-            subscriber.on_subscribe(subscription)
-        except Exception as fault:  # Rule 2.13
-            subscription.cancel()
-            signal_error(subscriber, fault, self)
+            return None
+        return loop, iterator
 
     def __repr__(self) -> str:
         return f"Flow.{self._name}({type(self._iterable).__name__})"
+
+
+def start(
+    subscriber: Subscriber[T], subscription: _AsyncPullSubscription[T], source: object
+) -> None:
+    """Hand ``subscription`` to ``subscriber``; a raising ``on_subscribe`` cancels it."""
+    try:
+        subscriber.on_subscribe(subscription)
+    except Exception as fault:  # Rule 2.13
+        subscription.cancel()
+        signal_error(subscriber, fault, source)
 
 
 async def queue_items(queue: asyncio.Queue[T | None]) -> AsyncIterator[T]:

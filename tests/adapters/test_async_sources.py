@@ -124,3 +124,66 @@ def test_from_queue_holds_producers_back() -> None:
         return items
 
     assert asyncio.run(main()) == list(range(200))
+
+
+def test_aiter_of_a_plain_source_raises_its_error_itself_and_closes_it() -> None:
+    failure = KeyError("from the source")
+    log: list[str] = []
+
+    async def numbers() -> AsyncIterator[int]:
+        try:
+            yield 1
+            raise failure
+        finally:
+            log.append("closed")
+
+    async def main() -> list[int]:
+        items: list[int] = []
+        with pytest.raises(KeyError) as raised:
+            async for item in Flow.from_async_iterable(numbers()):
+                items.append(item)
+        assert raised.value is failure
+        return items
+
+    assert asyncio.run(main()) == [1]
+    assert log == ["closed"]
+
+
+def test_aiter_of_from_queue_reads_the_queue_in_place() -> None:
+    async def main() -> tuple[list[int], int]:
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+        for i in range(5):
+            queue.put_nowait(i)
+        queue.put_nowait(None)
+        items: list[int] = []
+        async for item in Flow.from_queue(queue).aiter(prefetch=256):
+            items.append(item)
+            if item == 2:
+                # Consumer fusion takes one item per item consumed, not a prefetch.
+                assert queue.qsize() == 3
+        return items, queue.qsize()
+
+    assert asyncio.run(main()) == ([0, 1, 2, 3, 4], 0)
+
+
+def test_a_source_is_subscribable_while_being_iterated_by_aiter() -> None:
+    class Numbers:
+        def __aiter__(self) -> AsyncIterator[int]:
+            return self._numbers()
+
+        async def _numbers(self) -> AsyncIterator[int]:
+            for i in range(3):
+                yield i
+
+    async def main() -> tuple[list[int], list[int]]:
+        flow = Flow.from_async_iterable(Numbers())
+        subscriber: TestSubscriber[int] = TestSubscriber(10)
+        iterated: list[int] = []
+        async for item in flow:
+            if item == 1:
+                flow.subscribe(subscriber)  # the same flow, an independent pull
+                await _settle()
+            iterated.append(item)
+        return iterated, subscriber.items
+
+    assert asyncio.run(main()) == ([0, 1, 2], [0, 1, 2])

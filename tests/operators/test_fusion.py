@@ -49,7 +49,7 @@ class Stage:
     kind: str  # map, filter, skip, take, take_while, skip_while
     param: int
     fail_at: int | None = None
-    fail_with: str = "raise"  # raise | none | stop
+    fail_with: str = "raise"  # raise | none | stop | stop_async
 
     def apply(self, flow: Flow[int], index: int, log: Log) -> Flow[int]:
         """Apply this stage to ``flow``; its function logs every call."""
@@ -62,6 +62,8 @@ class Stage:
                     return None  # type: ignore[return-value]
                 if self.fail_with == "stop":
                     raise StopIteration(f"stop at {x}")
+                if self.fail_with == "stop_async":
+                    raise StopAsyncIteration(f"stop at {x}")
                 raise Boom(f"{kind}#{index} failed at {x}")
             return x
 

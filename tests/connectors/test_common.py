@@ -1,0 +1,575 @@
+"""The machinery every broker connector shares (``connectors/_common.py``), broker-free.
+
+The broker half here is an in-memory ``Fetcher``: these tests check our pump, our
+settlement and our confirmed-publish operator, not a broker (the broker modules'
+tests run against real servers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import pytest
+
+from reactive_bp import Flow, NonPositiveRequestError, ProtocolViolationError
+from reactive_bp.connectors import (
+    AlreadySettledError,
+    ConnectorStats,
+    Message,
+    PublishError,
+    Settlement,
+)
+from reactive_bp.connectors._common import FetchFlow, confirmed, require
+from reactive_bp.testing import TestSubscriber
+
+pytestmark = pytest.mark.no_undeliverable
+
+
+async def _settle(turns: int = 30) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.001)
+
+
+class ListFetcher:
+    """Hands out ``values`` as messages, at most ``per_fetch`` (and ``n``) per fetch.
+
+    Records every ``fetch(n)`` and every settlement; ``gate`` (when set) makes each
+    fetch wait for it, so a test can hold a fetch in flight.
+    """
+
+    def __init__(
+        self,
+        values: Sequence[int],
+        *,
+        per_fetch: int | None = None,
+        complete: bool = True,
+        overfetch: int = 0,
+        gate: asyncio.Event | None = None,
+    ) -> None:
+        self.values = list(values)
+        self.position = 0
+        self.per_fetch = per_fetch
+        self.complete = complete
+        self.overfetch = overfetch
+        self.gate = gate
+        self.fetches: list[int] = []
+        self.cancelled_fetches = 0
+        self.closed = 0
+        self.acked: list[int] = []
+        self.nacked: list[tuple[int, bool]] = []
+        self.ack_threads: list[int] = []
+
+    async def fetch(self, n: int) -> Sequence[Message[int]]:
+        self.fetches.append(n)
+        if self.gate is not None:
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled_fetches += 1
+                raise
+        if self.position >= len(self.values):
+            if self.complete:
+                raise StopAsyncIteration
+            await asyncio.sleep(0.001)
+            return []
+        size = n if self.per_fetch is None else min(n, self.per_fetch)
+        size += self.overfetch
+        chunk = self.values[self.position : self.position + size]
+        self.position += len(chunk)
+        loop = asyncio.get_running_loop()
+        return [self._message(value, loop) for value in chunk]
+
+    def _message(self, value: int, loop: asyncio.AbstractEventLoop) -> Message[int]:
+        async def ack() -> None:
+            self.ack_threads.append(threading.get_ident())
+            self.acked.append(value)
+
+        async def nack(requeue: bool) -> None:
+            self.nacked.append((value, requeue))
+
+        return Message(value, {"offset": value}, ack=ack, nack=nack, loop=loop)
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def _flow(fetcher: ListFetcher, max_batch: int = 10) -> FetchFlow[int]:
+    return FetchFlow(lambda stats: fetcher, max_batch=max_batch, loop=None, name="list")
+
+
+def _values(subscriber: TestSubscriber[Message[int]]) -> list[int]:
+    return [message.value for message in subscriber.items]
+
+
+# -- FetchFlow: demand -------------------------------------------------------------------------
+
+
+def test_nothing_is_fetched_without_demand_and_each_fetch_is_within_demand() -> None:
+    fetcher = ListFetcher(range(100), complete=False)
+
+    async def main() -> TestSubscriber[Message[int]]:
+        subscriber: TestSubscriber[Message[int]] = TestSubscriber()
+        flow = _flow(fetcher, max_batch=10)
+        flow.subscribe(subscriber)
+        await _settle()
+        assert fetcher.fetches == []  # subscribed, nothing requested: no fetch
+        subscriber.request(3)
+        await _until(lambda: len(subscriber.items) == 3)
+        await _settle()
+        assert fetcher.fetches == [3]  # exactly the demand, no read-ahead
+        subscriber.request(25)
+        await _until(lambda: len(subscriber.items) == 28)
+        await _settle()
+        assert fetcher.fetches == [3, 10, 10, 5]  # min(outstanding, max_batch)
+        assert flow.stats.max_held <= 10
+        subscriber.cancel()
+        await _settle()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert _values(subscriber) == list(range(28))
+    subscriber.assert_clean()
+
+
+def test_short_batches_are_refetched_for_the_outstanding_demand_only() -> None:
+    fetcher = ListFetcher(range(20), per_fetch=3)
+
+    async def main() -> TestSubscriber[Message[int]]:
+        subscriber: TestSubscriber[Message[int]] = TestSubscriber()
+        _flow(fetcher, max_batch=8).subscribe(subscriber)
+        subscriber.request(7)
+        await _until(lambda: len(subscriber.items) == 7)
+        await _settle()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    # 3 of 7, then 3 of the 4 outstanding, then the last 1: never asked for more.
+    assert fetcher.fetches == [7, 4, 1]
+    subscriber.assert_clean()
+
+
+def test_a_fetcher_returning_more_than_asked_is_a_rule_1_1_error() -> None:
+    fetcher = ListFetcher(range(20), overfetch=1)
+
+    async def main() -> TestSubscriber[Message[int]]:
+        subscriber: TestSubscriber[Message[int]] = TestSubscriber()
+        _flow(fetcher).subscribe(subscriber)
+        subscriber.request(2)
+        await _until(lambda: subscriber.is_terminated)
+        await _settle()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert subscriber.items == []  # nothing of the oversized batch is delivered
+    (error,) = subscriber.errors
+    assert isinstance(error, ProtocolViolationError) and "Rule 1.1" in str(error)
+    assert fetcher.closed == 1
+    subscriber.assert_clean()
+
+
+def test_completion_and_errors_of_the_fetcher_end_the_stream_and_close_it() -> None:
+    class Boom(Exception):
+        pass
+
+    class Failing(ListFetcher):
+        async def fetch(self, n: int) -> Sequence[Message[int]]:
+            if self.position >= 2:
+                raise Boom("broker down")
+            return await super().fetch(min(n, 2 - self.position))
+
+    async def main(fetcher: ListFetcher) -> TestSubscriber[Message[int]]:
+        subscriber: TestSubscriber[Message[int]] = TestSubscriber(100)
+        _flow(fetcher).subscribe(subscriber)
+        await _until(lambda: subscriber.is_terminated)
+        await _settle()
+        return subscriber
+
+    done = ListFetcher(range(5))
+    completed = asyncio.run(main(done))
+    assert completed.completed and _values(completed) == list(range(5)) and done.closed == 1
+
+    failing = Failing(range(5))
+    failed = asyncio.run(main(failing))
+    assert _values(failed) == [0, 1] and isinstance(failed.errors[0], Boom)
+    assert failing.closed == 1
+    completed.assert_clean()
+    failed.assert_clean()
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_a_bad_request_is_on_error_through_the_stream_rule_3_9(bad: int) -> None:
+    fetcher = ListFetcher(range(10), complete=False)
+
+    async def main() -> TestSubscriber[Message[int]]:
+        subscriber: TestSubscriber[Message[int]] = TestSubscriber()
+        _flow(fetcher).subscribe(subscriber)
+        subscriber.request(bad)  # never raises to the caller
+        await _until(lambda: subscriber.is_terminated)
+        await _settle()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    (error,) = subscriber.errors
+    assert isinstance(error, NonPositiveRequestError) and "3.9" in str(error)
+    assert fetcher.fetches == [] and fetcher.closed == 1
+    subscriber.assert_clean()
+
+
+def test_a_subscriber_requesting_from_many_threads_never_gets_beyond_demand() -> None:
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for run in range(30):
+            fetcher = ListFetcher(range(10_000), per_fetch=7, complete=False)
+
+            async def main(fetcher: ListFetcher = fetcher) -> TestSubscriber[Message[int]]:
+                subscriber: TestSubscriber[Message[int]] = TestSubscriber()
+                flow = _flow(fetcher, max_batch=16)
+                flow.subscribe(subscriber)
+
+                def requester() -> None:
+                    for _ in range(50):
+                        subscriber.request(2)
+
+                threads = [threading.Thread(target=requester) for _ in range(3)]
+                for thread in threads:
+                    thread.start()
+
+                def join() -> None:
+                    for thread in threads:
+                        thread.join()
+
+                await asyncio.to_thread(join)
+                await _until(lambda: len(subscriber.items) == 300)
+                await _settle()
+                assert flow.stats.max_held <= 16
+                subscriber.cancel()
+                await _settle()
+                return subscriber
+
+            subscriber = asyncio.run(main())
+            assert _values(subscriber) == list(range(300)), run
+            assert all(n <= 16 for n in fetcher.fetches)
+            subscriber.assert_clean()
+    finally:
+        sys.setswitchinterval(switch)
+
+
+# -- FetchFlow: cancel -------------------------------------------------------------------------
+
+
+def test_cancel_cancels_the_fetch_in_flight_closes_the_fetcher_and_stops_fetching() -> None:
+    async def main() -> tuple[ListFetcher, TestSubscriber[Message[int]]]:
+        gate = asyncio.Event()
+        fetcher = ListFetcher(range(100), gate=gate)
+        subscriber: TestSubscriber[Message[int]] = TestSubscriber()
+        _flow(fetcher).subscribe(subscriber)
+        subscriber.request(5)
+        await _until(lambda: fetcher.fetches == [5])
+        subscriber.cancel()
+        await _settle()
+        gate.set()
+        subscriber.request(5)  # after cancel: a no-op (Rule 3.6)
+        await _settle()
+        return fetcher, subscriber
+
+    fetcher, subscriber = asyncio.run(main())
+    assert fetcher.cancelled_fetches == 1 and fetcher.closed == 1
+    assert fetcher.fetches == [5] and subscriber.items == []
+    subscriber.assert_clean()
+
+
+def test_cancel_from_on_next_stops_the_batch_and_leaves_the_rest_unsettled() -> None:
+    fetcher = ListFetcher(range(100))
+
+    async def main() -> TestSubscriber[Message[int]]:
+        subscriber: TestSubscriber[Message[int]] = TestSubscriber(10, cancel_after=3)
+        _flow(fetcher, max_batch=10).subscribe(subscriber)
+        await _until(lambda: fetcher.closed == 1)
+        await _settle()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert _values(subscriber) == [0, 1, 2] and fetcher.fetches == [10]
+    assert fetcher.acked == [] and fetcher.nacked == []
+    subscriber.assert_clean()
+
+
+def test_open_fetcher_failing_or_no_loop_is_on_error_after_on_subscribe() -> None:
+    def broken(stats: ConnectorStats) -> ListFetcher:
+        raise OSError("cannot connect")
+
+    async def main() -> TestSubscriber[Message[int]]:
+        subscriber: TestSubscriber[Message[int]] = TestSubscriber()
+        FetchFlow(broken, max_batch=1, loop=None, name="broken").subscribe(subscriber)
+        return subscriber
+
+    failed = asyncio.run(main())
+    assert isinstance(failed.errors[0], OSError) and failed.signals[0] == "on_subscribe"
+
+    no_loop: TestSubscriber[Message[int]] = TestSubscriber()
+    _flow(ListFetcher([])).subscribe(no_loop)  # no running loop, no loop=
+    assert isinstance(no_loop.errors[0], RuntimeError)
+    assert "loop" in str(no_loop.errors[0])
+    with pytest.raises(ValueError, match="max_batch"):
+        FetchFlow(broken, max_batch=0, loop=None, name="x")
+    failed.assert_clean()
+    no_loop.assert_clean()
+
+
+# -- Message and Settlement --------------------------------------------------------------------
+
+
+def _one_message() -> tuple[ListFetcher, Callable[[], Coroutine[Any, Any, Message[int]]]]:
+    fetcher = ListFetcher([7])
+
+    async def first() -> Message[int]:
+        (message,) = await fetcher.fetch(1)
+        return message
+
+    return fetcher, first
+
+
+def test_settlement_from_the_loop_and_from_a_thread_runs_on_the_loop() -> None:
+    fetcher = ListFetcher([1, 2])
+
+    async def main() -> tuple[int, Settlement]:
+        one, two = await fetcher.fetch(2)
+        await one.ack()  # awaited on the loop
+        settlement = await asyncio.to_thread(two.nack, True)  # started from a thread
+        await asyncio.to_thread(settlement.result, 5.0)  # and waited on from a thread
+        return threading.get_ident(), settlement
+
+    loop_thread, settlement = asyncio.run(main())
+    assert fetcher.acked == [1] and fetcher.nacked == [(2, True)]
+    assert fetcher.ack_threads == [loop_thread]
+    assert settlement.done() and settlement.kind == "nack"
+
+
+def test_result_on_the_loop_itself_refuses_to_block() -> None:
+    fetcher, first = _one_message()
+
+    async def main() -> None:
+        message = await first()
+        settlement = message.ack()
+        with pytest.raises(RuntimeError, match="await it"):
+            settlement.result(0.1)
+        await settlement
+
+    asyncio.run(main())
+    assert fetcher.acked == [7]
+
+
+def test_ack_is_idempotent_and_the_other_kind_is_already_settled() -> None:
+    fetcher, first = _one_message()
+
+    async def main() -> None:
+        message = await first()
+        assert message.settled is None
+        settlement = message.ack()
+        assert message.ack() is settlement  # the same call again: the same settlement
+        with pytest.raises(AlreadySettledError):
+            message.nack()
+        await settlement
+        assert message.settled == "ack"
+
+    asyncio.run(main())
+    assert fetcher.acked == [7]  # the broker heard it once
+
+
+def test_a_failed_settlement_keeps_its_error() -> None:
+    class Lost(ConnectionError):
+        pass
+
+    async def main() -> Settlement:
+        async def ack() -> None:
+            raise Lost("connection closed")
+
+        async def nack(requeue: bool) -> None:
+            pass
+
+        message = Message(1, {}, ack=ack, nack=nack, loop=asyncio.get_running_loop())
+        settlement = message.ack()
+        with pytest.raises(Lost):
+            await settlement
+        return settlement
+
+    settlement = asyncio.run(main())
+    with pytest.raises(Lost):
+        settlement.result(1.0)
+
+
+def test_a_settlement_follows_a_future_already_under_way_without_a_task() -> None:
+    """A connector may batch settlements: its ack returns a future on the loop."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        replies: list[asyncio.Future[None]] = [loop.create_future() for _ in range(3)]
+
+        async def nack(requeue: bool) -> None:
+            pass
+
+        messages = [
+            Message(i, {}, ack=lambda i=i: replies[i], nack=nack, loop=loop)  # type: ignore[misc]
+            for i in range(3)
+        ]
+        tasks = len(asyncio.all_tasks())
+        ok, failing = messages[0].ack(), messages[1].ack()
+        assert len(asyncio.all_tasks()) == tasks  # no task per settlement
+        assert not ok.done()
+        replies[0].set_result(None)
+        replies[1].set_exception(OSError("XACK failed"))
+        await ok
+        with pytest.raises(OSError, match="XACK failed"):
+            await failing
+        # Started from a thread, the same future is awaited on the loop.
+        from_thread = await asyncio.to_thread(messages[2].ack)
+        loop.call_later(0.01, replies[2].set_result, None)
+        await asyncio.to_thread(from_thread.result, 5.0)
+
+    asyncio.run(main())
+
+
+def test_settling_after_the_loop_closed_fails_the_settlement_not_the_caller() -> None:
+    loop = asyncio.new_event_loop()
+    acked: list[int] = []
+
+    async def ack() -> None:
+        acked.append(1)
+
+    async def nack(requeue: bool) -> None:
+        pass
+
+    message = Message(1, {}, ack=ack, nack=nack, loop=loop)
+    loop.close()
+    settlement = message.ack()  # from this thread, onto a closed loop: no exception here
+    with pytest.raises(ConnectionError, match="closed"):
+        settlement.result(1.0)
+    assert acked == []
+
+
+# -- confirmed(): the sink machinery -----------------------------------------------------------
+
+
+class Confirmations:
+    """A publish function whose confirmations the test releases one by one."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.started: list[int] = []
+        self.confirmed: list[int] = []
+        self.pending: dict[int, asyncio.Future[None]] = {}
+        self.max_unconfirmed = 0
+        self.fail_on = fail_on
+
+    async def publish(self, item: int) -> None:
+        self.started.append(item)
+        self.max_unconfirmed = max(self.max_unconfirmed, len(self.started) - len(self.confirmed))
+        future = self.pending[item] = asyncio.get_running_loop().create_future()
+        await future
+        if item == self.fail_on:
+            raise OSError(f"broker refused {item}")
+        self.confirmed.append(item)
+
+    def confirm(self, item: int) -> None:
+        self.pending.pop(item).set_result(None)
+
+
+def test_confirmed_keeps_at_most_max_in_flight_unconfirmed_and_one_more_per_confirmation() -> None:
+    pulled: list[int] = []
+
+    async def main() -> tuple[Confirmations, TestSubscriber[int]]:
+        publisher = Confirmations()
+        upstream = Flow.range(0, 100).do_on_next(pulled.append)
+        subscriber: TestSubscriber[int] = TestSubscriber(1000)
+        confirmed(upstream, publisher.publish, max_in_flight=4).subscribe(subscriber)
+        await _settle()
+        assert publisher.started == [0, 1, 2, 3] and pulled == [0, 1, 2, 3]
+        publisher.confirm(2)  # out of order: emitted only once 0 and 1 are
+        await _settle()
+        assert subscriber.items == [] and len(publisher.started) <= 5
+        publisher.confirm(0)
+        await _settle()
+        assert subscriber.items == [0]
+        for expected in (1, *range(3, 100)):
+            await _until(lambda: expected in publisher.pending)  # noqa: B023
+            publisher.confirm(expected)
+            await _settle(5)
+            assert len(publisher.started) - len(publisher.confirmed) <= 4
+        await _until(lambda: subscriber.is_terminated)
+        return publisher, subscriber
+
+    publisher, subscriber = asyncio.run(main())
+    assert subscriber.items == list(range(100)) and subscriber.completed
+    assert publisher.max_unconfirmed == 4  # reached, never exceeded
+    subscriber.assert_clean()
+
+
+def test_confirmed_waits_for_downstream_demand_too() -> None:
+    async def main() -> tuple[Confirmations, TestSubscriber[int]]:
+        publisher = Confirmations()
+        subscriber: TestSubscriber[int] = TestSubscriber(1)
+        confirmed(Flow.range(0, 100), publisher.publish, max_in_flight=3).subscribe(subscriber)
+        await _settle()
+        for item in (0, 1, 2):
+            publisher.confirm(item)
+        await _settle()
+        # One delivered; two confirmed and held for demand: nothing more published.
+        assert subscriber.items == [0] and publisher.started == [0, 1, 2, 3]
+        subscriber.cancel()
+        await _settle()
+        return publisher, subscriber
+
+    publisher, subscriber = asyncio.run(main())
+    assert publisher.started == [0, 1, 2, 3]
+    subscriber.assert_clean()
+
+
+def test_a_failed_publish_is_publish_error_with_the_item_and_cancels_upstream() -> None:
+    cancelled: list[bool] = []
+
+    async def main() -> TestSubscriber[int]:
+        publisher = Confirmations(fail_on=1)
+        upstream = Flow.range(0, 100).do_on_cancel(lambda: cancelled.append(True))
+        subscriber: TestSubscriber[int] = TestSubscriber(100)
+        confirmed(upstream, publisher.publish, max_in_flight=2).subscribe(subscriber)
+        await _settle()
+        publisher.confirm(0)
+        publisher.confirm(1)
+        await _until(lambda: subscriber.is_terminated)
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert subscriber.items == [0]
+    (error,) = subscriber.errors
+    assert isinstance(error, PublishError) and error.item == 1
+    assert isinstance(error.__cause__, OSError)
+    assert cancelled == [True]
+    subscriber.assert_clean()
+
+
+# -- small pieces ------------------------------------------------------------------------------
+
+
+def test_require_names_the_extra() -> None:
+    with pytest.raises(ImportError, match=r"reactive-bp\[nope\]"):
+        require("reactive_bp_no_such_client", "nope")
+
+
+def test_stats_track_what_is_held() -> None:
+    stats = ConnectorStats()
+    stats.note_received(5)
+    stats.delivered += 3
+    stats.note_received(2)
+    assert (stats.held, stats.max_held) == (4, 5)
+    assert stats.as_dict()["held"] == 4
