@@ -551,10 +551,12 @@ class _RefCountFlow(Flow[T]):
         with self._lock:
             self._connecting = False
             orphan = self._count == 0  # everyone left while it was connecting
-            if not orphan:
+            if orphan:
+                self._detach_locked(connection)
+            else:
                 self._connection = connection
         if orphan:
-            self._disconnect(connection)
+            connection.dispose()
 
     def _release(self, relay: _RefCountSubscriber[T], cancelled: bool) -> None:
         """One subscriber left (``cancelled``) or ended; the last one disconnects."""
@@ -570,9 +572,10 @@ class _RefCountFlow(Flow[T]):
                 token = self._token = object()
             else:
                 self._connection = None
+                self._detach_locked(connection)
                 token = None
         if token is None:
-            self._disconnect(connection)
+            connection.dispose()
             return
         action = RejectableAction(
             lambda: self._grace_over(token), lambda error: self._grace_over(token)
@@ -596,13 +599,21 @@ class _RefCountFlow(Flow[T]):
             self._token = None
             self._timer = None
             connection, self._connection = self._connection, None
+            if connection is not None:
+                self._detach_locked(connection)
         if connection is not None:
-            self._disconnect(connection)
+            connection.dispose()
 
-    def _disconnect(self, connection: Disposable) -> None:
+    def _detach_locked(self, connection: Disposable) -> None:
+        """Under ``_lock``: no subscriber joins ``connection`` any more.
+
+        Done in the same locked section that decides to disconnect, so a
+        subscriber arriving before the ``dispose`` finds no connection and starts
+        a fresh one instead of joining the one about to be disposed (lock order:
+        this ``_lock``, then the ``ConnectableFlow``'s).
+        """
         if isinstance(connection, _Connection):
-            self._connectable._detach(connection)  # no subscriber joins it any more
-        connection.dispose()
+            self._connectable._detach(connection)
 
     def __repr__(self) -> str:
         return f"{self._connectable!r}.ref_count({self._min})"

@@ -340,6 +340,54 @@ def test_ref_count_connects_at_min_subscribers_and_disconnects_when_all_left() -
     assert len(sources.made) == 1 and third.errors == []
 
 
+@pytest.mark.parametrize("grace", [0.0, 1.0], ids=["no-grace", "grace-over"])
+def test_a_subscriber_arriving_as_the_last_one_leaves_gets_a_fresh_connection(
+    monkeypatch: pytest.MonkeyPatch, grace: float
+) -> None:
+    # The window between "the last subscriber left" and the connection's dispose():
+    # a subscriber arriving there must not join the connection about to be disposed
+    # (it got DisconnectedError without ever cancelling).
+    from reactive_bp.processors import _connectable
+
+    sources = _Sources()
+    vts = VirtualTimeScheduler()
+    shared = sources.flow.publish(4).ref_count(grace=grace, scheduler=vts)
+    first: TestSubscriber[int] = TestSubscriber(10)
+    shared.subscribe(first)
+    late: TestSubscriber[int] = TestSubscriber(10)
+    original_dispose = _connectable._Connection.dispose
+    original_detach = _connectable.ConnectableFlow._detach
+    arrived: list[bool] = []
+    assert isinstance(shared, _connectable._RefCountFlow)
+
+    def arrive() -> None:
+        # A subscriber from "another thread", at the first point after the last one left
+        # where ref_count's lock is free.
+        if not arrived:
+            arrived.append(True)
+            shared.subscribe(late)
+
+    def detach(self: ConnectableFlow[int], connection: _connectable._Connection[int]) -> None:
+        if not shared._lock.locked():
+            arrive()
+        original_detach(self, connection)
+
+    def dispose(self: _connectable._Connection[int]) -> None:
+        arrive()
+        original_dispose(self)
+
+    monkeypatch.setattr(_connectable.ConnectableFlow, "_detach", detach)
+    monkeypatch.setattr(_connectable._Connection, "dispose", dispose)
+    first.cancel()
+    vts.advance_by(2.0)
+    assert arrived
+    assert late.errors == [], late.errors
+    assert len(sources.made) == 2 and sources.made[0].cancelled
+    assert not sources.made[1].cancelled  # the late subscriber's own, running connection
+    sources.last.send_next(7)
+    assert late.items == [7]
+
+
 @clean
 def test_ref_count_grace_keeps_the_connection_for_a_subscriber_arriving_in_time() -> None:
     vts = VirtualTimeScheduler()
