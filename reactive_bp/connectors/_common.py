@@ -104,9 +104,15 @@ class Settlement:
 
     Nobody has to wait for it: the settlement runs anyway. A failure (the
     connection closed, say) is kept here, never raised elsewhere.
+
+    Settled on the connector's loop (the common case: ``ack()`` in a pipeline
+    stage), it holds the loop's own future — no thread-safe future per message;
+    one is made only if a thread calls ``result()`` while it is pending.
+    Settled from another thread, it holds the ``concurrent.futures.Future`` of
+    ``run_coroutine_threadsafe``.
     """
 
-    __slots__ = ("_future", "_loop", "kind")
+    __slots__ = ("_future", "_local", "_loop", "kind")
 
     def __init__(
         self,
@@ -116,46 +122,100 @@ class Settlement:
     ) -> None:
         self.kind = kind
         self._loop = loop
-        future: concurrent.futures.Future[None]
+        # Exactly one of the two is set. _local: a future of ``loop`` (touched on
+        # that loop, or read once done); _future: a thread-safe future.
+        self._local: asyncio.Future[None] | None = None
+        self._future: concurrent.futures.Future[None] | None = None
         if _running_loop() is loop:
-            future = concurrent.futures.Future()
-            if isinstance(coroutine, asyncio.Future):
-                # Already under way on this loop (a connector batching its acks,
-                # say): no task per settlement.
-                coroutine.add_done_callback(lambda done: _copy_outcome(done, future))
-            else:
-                task = loop.create_task(coroutine)
-                task.add_done_callback(lambda done: _copy_outcome(done, future))
-        else:
-            if isinstance(coroutine, asyncio.Future):
-                coroutine = _wait(coroutine)
-            try:
-                future = asyncio.run_coroutine_threadsafe(coroutine, loop)
-            except RuntimeError as closed:  # the loop is closed
-                coroutine.close()
-                future = concurrent.futures.Future()
-                future.set_exception(
-                    ConnectionError(f"cannot {kind}: the connector's event loop is closed")
-                )
-                future.exception().__cause__ = closed  # type: ignore[union-attr]
-        self._future = future
+            # A future already under way (a connector batching its acks) is kept as
+            # it is; a coroutine becomes a task.
+            local = (
+                coroutine if isinstance(coroutine, asyncio.Future) else loop.create_task(coroutine)
+            )
+            local.add_done_callback(_retrieve)  # its failure is kept here, not logged
+            self._local = local
+            return
+        if isinstance(coroutine, asyncio.Future):
+            coroutine = _wait(coroutine)
+        try:
+            self._future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError as closed:  # the loop is closed
+            coroutine.close()
+            failed: concurrent.futures.Future[None] = concurrent.futures.Future()
+            error = ConnectionError(f"cannot {kind}: the connector's event loop is closed")
+            error.__cause__ = closed
+            failed.set_exception(error)
+            self._future = failed
 
     def done(self) -> bool:
         """Whether the broker answered (or the settlement failed)."""
-        return self._future.done()
+        local = self._local
+        return local.done() if local is not None else self._threadsafe().done()
 
     def result(self, timeout: float | None = None) -> None:
         """Block until the broker confirmed; raise its error. Not on the connector's loop."""
-        if not self._future.done() and _running_loop() is self._loop:
+        local = self._local
+        if local is not None and local.done():
+            _raise_outcome(local)
+            return
+        if _running_loop() is self._loop:
             raise RuntimeError(f"{self.kind}().result() would block the loop it runs on: await it")
-        self._future.result(timeout)
+        self._threadsafe().result(timeout)
 
     def __await__(self) -> Generator[Any, None, None]:
-        return asyncio.wrap_future(self._future).__await__()
+        local = self._local
+        if local is not None and _running_loop() is self._loop:
+            return _await_local(local).__await__()
+        return asyncio.wrap_future(self._threadsafe()).__await__()
+
+    def _threadsafe(self) -> concurrent.futures.Future[None]:
+        """The thread-safe view of the outcome (made on first need for a local future)."""
+        future = self._future
+        if future is not None:
+            return future
+        local = self._local
+        assert local is not None
+        future = concurrent.futures.Future()
+        if local.done():
+            _copy_outcome(local, future)
+        else:
+            try:
+                # Futures of a loop are touched on that loop only.
+                self._loop.call_soon_threadsafe(_chain, local, future)
+            except RuntimeError as closed:  # the loop closed with the settlement pending
+                future.set_exception(ConnectionError(f"{self.kind}: the loop closed: {closed}"))
+        self._future = future
+        return future
 
     def __repr__(self) -> str:
-        state = "done" if self._future.done() else "pending"
+        state = "done" if self.done() else "pending"
         return f"<Settlement {self.kind} {state}>"
+
+
+async def _await_local(local: asyncio.Future[None]) -> None:
+    # Awaited through a coroutine so that a caller's cancellation does not cancel the
+    # settlement itself (it runs anyway).
+    await asyncio.shield(local)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _chain(local: asyncio.Future[None], future: concurrent.futures.Future[None]) -> None:
+    if local.done():
+        _copy_outcome(local, future)
+    else:
+        local.add_done_callback(lambda done: _copy_outcome(done, future))
+
+
+def _raise_outcome(local: asyncio.Future[None]) -> None:
+    if local.cancelled():
+        raise concurrent.futures.CancelledError()
+    error = local.exception()
+    if error is not None:
+        raise error
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
