@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/async_paths.py
 	$(BIN)/python benchmarks/combining.py
+	$(BIN)/python benchmarks/broker_redis.py
+	$(BIN)/python benchmarks/broker_nats.py
+	$(BIN)/python benchmarks/broker_rabbitmq.py
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache
