@@ -360,6 +360,7 @@ class MulticastProcessor(Flow[T], Generic[T]):
         "_queue",
         "_room",
         "_subs",
+        "_subscribing",
         "_terminal",
         "_upstream",
         "_upstream_over",
@@ -411,6 +412,9 @@ class MulticastProcessor(Flow[T], Generic[T]):
         self._wip = 0
         self._owner = 0
         self._next_id = 0
+        # Threads inside a subscriber's on_subscribe: not yet in the loop, so an
+        # offer_blocking there could wait for room only that subscriber would make.
+        self._subscribing: dict[int, int] = {}
         self._waiters = 0  # threads in offer_blocking
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.stats = BufferStats(buffer_size)
@@ -465,19 +469,23 @@ class MulticastProcessor(Flow[T], Generic[T]):
 
     @override
     def _subscribe(self, subscriber: Subscriber[T]) -> None:
+        me = _get_ident()
         with self._lock:
             ident = self._next_id
             self._next_id += 1
+            self._subscribing[me] = self._subscribing.get(me, 0) + 1
         inner = MulticastSubscription(self, subscriber, ident)
         try:
             subscriber.on_subscribe(inner)  # Rule 1.9: first, before it joins the loop
         except Exception as fault:  # Rule 2.13: treated as cancelled, told why
             with self._lock:
+                self._left_on_subscribe_locked(me)
                 inner._terminal.cancel()
                 inner._actual = None
             signal_error(subscriber, fault, self)
             return
         with self._lock:
+            self._left_on_subscribe_locked(me)
             if inner._terminal._closed:
                 return  # cancelled inside on_subscribe
             inner._attached = True
@@ -487,6 +495,13 @@ class MulticastProcessor(Flow[T], Generic[T]):
             owner = self._enter_locked()
         if owner:
             self._drain_loop()
+
+    def _left_on_subscribe_locked(self, me: int) -> None:
+        depth = self._subscribing[me] - 1
+        if depth:
+            self._subscribing[me] = depth
+        else:
+            del self._subscribing[me]
 
     # -- the upstream side (Subscriber) -------------------------------------------------
 
@@ -613,7 +628,8 @@ class MulticastProcessor(Flow[T], Generic[T]):
 
         Raises:
             RuntimeError: instead of waiting forever, on the thread that runs
-                the processor's loop (inside a subscriber's ``on_next``) or on
+                the processor's loop (inside a subscriber's ``on_next``), inside a
+                subscriber's ``on_subscribe`` (it joins only afterwards), or on
                 a thread running an asyncio event loop; nothing is taken. Use
                 ``offer`` there, or ``await offer_wait(item)``.
         """
@@ -625,11 +641,13 @@ class MulticastProcessor(Flow[T], Generic[T]):
             with self._lock:
                 if self._room_locked():
                     continue
-                if self._owner == _get_ident():
+                me = _get_ident()
+                if self._owner == me or me in self._subscribing:
                     raise RuntimeError(
                         f"{self!r}: offer_blocking on the thread delivering to its "
-                        "subscribers would wait forever (that thread is the one that would "
-                        "make room); use offer() there"
+                        "subscribers, or inside a subscriber's on_subscribe, would wait "
+                        "forever (that thread is the one that would make room); use offer() "
+                        "there"
                     )
                 if asyncio._get_running_loop() is not None:
                     raise RuntimeError(

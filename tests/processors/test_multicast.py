@@ -883,6 +883,40 @@ def test_offer_blocking_times_out_full_and_refuses_on_the_delivering_thread() ->
     other.dispose()
 
 
+def test_offer_blocking_inside_on_subscribe_refuses_instead_of_waiting_forever() -> None:
+    # Under WAIT with the buffer full, only the subscriber still in on_subscribe could
+    # make room, and it joins the loop after on_subscribe returns (review finding).
+    processor: MulticastProcessor[int] = MulticastProcessor(2)
+    processor.offer(0)
+    processor.offer(1)
+    outcome: list[object] = []
+
+    class Hostile:
+        def on_subscribe(self, subscription: Subscription) -> None:
+            subscription.request(10)
+            try:
+                outcome.append(processor.offer_blocking(3, timeout=5.0))
+            except RuntimeError as error:
+                outcome.append(error)
+
+        def on_next(self, item: int) -> None:
+            outcome.append(item)
+
+        def on_error(self, error: Exception) -> None:
+            outcome.append(error)
+
+        def on_complete(self) -> None:
+            outcome.append("done")
+
+    started = time.monotonic()
+    processor.subscribe(Hostile())
+    assert time.monotonic() - started < 2.0  # refused at once, not after the timeout
+    assert isinstance(outcome[0], RuntimeError) and "on_subscribe" in str(outcome[0])
+    assert outcome[1:] == [0, 1]  # it joined afterwards and got what was queued
+    assert processor.offer_blocking(3, timeout=1.0) is OfferResult.ENQUEUED
+    assert outcome[-1] == 3
+
+
 def test_offer_blocking_wakes_when_room_is_made() -> None:
     processor: MulticastProcessor[int] = MulticastProcessor(1)
     subscriber: TestSubscriber[int] = TestSubscriber()
