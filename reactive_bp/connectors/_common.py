@@ -57,7 +57,9 @@ __all__ = [
     "Message",
     "PublishError",
     "Settlement",
+    "acked_on_delivery",
     "confirmed",
+    "nack_after_delivery",
     "require",
 ]
 
@@ -297,6 +299,17 @@ class Message(Generic[T_co]):
 
     def __repr__(self) -> str:
         return f"Message({self.value!r}, settled={self.settled})"
+
+
+async def acked_on_delivery() -> None:
+    """``ack`` of an ``AckMode.ON_DELIVERY`` message: the broker was told before delivery."""
+
+
+async def nack_after_delivery(requeue: bool) -> None:
+    """``nack`` of an ``AckMode.ON_DELIVERY`` message: too late, it was acknowledged."""
+    raise AlreadySettledError(
+        "nack(): AckMode.ON_DELIVERY acknowledged this message when it was delivered"
+    )
 
 
 class ConnectorStats:

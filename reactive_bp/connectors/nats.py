@@ -43,11 +43,12 @@ from .._core._operator import OperatorSubscriber
 from .._flow import Flow
 from ._common import (
     AckMode,
-    AlreadySettledError,
     ConnectorStats,
     FetchFlow,
     Message,
+    acked_on_delivery,
     confirmed,
+    nack_after_delivery,
     require,
 )
 
@@ -341,7 +342,13 @@ class _PullFetcher(Generic[T]):
             if raw:
                 await self._ack_batch(raw)
             return [
-                Message(value, _Metadata(msg), ack=_acked, nack=_already_acked, loop=loop)
+                Message(
+                    value,
+                    _Metadata(msg),
+                    ack=acked_on_delivery,
+                    nack=nack_after_delivery,
+                    loop=loop,
+                )
                 for value, msg in zip(values, raw, strict=True)
             ]
         ack, nack = self._start_ack, self._start_nack
@@ -564,16 +571,6 @@ class _Resumed:
                     waiting = coroutine.send(sent)
                 except StopIteration:
                     return
-
-
-async def _acked() -> None:
-    """ON_DELIVERY: the message was acknowledged before it was delivered."""
-
-
-async def _already_acked(requeue: bool) -> None:
-    raise AlreadySettledError(
-        "nack(): this message was acknowledged on delivery (AckMode.ON_DELIVERY)"
-    )
 
 
 @overload

@@ -44,11 +44,12 @@ from .._flow import Flow
 from ..operators._lift import LiftFlow
 from ._common import (
     AckMode,
-    AlreadySettledError,
     ConnectorStats,
     FetchFlow,
     Message,
+    acked_on_delivery,
     confirmed,
+    nack_after_delivery,
     require,
 )
 
@@ -310,8 +311,8 @@ class _QueueFetcher(Generic[T]):
                     Message(
                         decode(delivery.body),
                         _metadata(delivery),
-                        ack=_acked_on_delivery,
-                        nack=_nack_after_delivery,
+                        ack=acked_on_delivery,
+                        nack=nack_after_delivery,
                         loop=loop,
                     )
                 )
@@ -514,16 +515,6 @@ def _metadata(delivery: aiormq.abc.DeliveredMessage) -> dict[str, object]:
         "content_type": properties.content_type,
         "properties": properties,
     }
-
-
-async def _acked_on_delivery() -> None:
-    """ON_DELIVERY: the batch was acknowledged before it was handed out."""
-
-
-async def _nack_after_delivery(requeue: bool) -> None:
-    raise AlreadySettledError(
-        "nack(): AckMode.ON_DELIVERY acknowledged this message when it was delivered"
-    )
 
 
 @overload

@@ -210,7 +210,7 @@ def test_slow_consumer_over_100k_backlog_holds_at_most_a_batch_and_rss_stays_fla
                 message = subscriber.items[processed]
                 assert message.value == processed
                 await asyncio.sleep(0.0002)  # slow processing
-                message.ack()
+                await message.ack()
                 processed += 1
                 subscriber.request(1)
                 if processed % 250 == 0:
@@ -222,7 +222,9 @@ def test_slow_consumer_over_100k_backlog_holds_at_most_a_batch_and_rss_stays_fla
             assert subscriber.violations == []
             assert source.stats.max_held <= batch, source.stats
             for done, ack_pending, pending in samples:
-                assert ack_pending <= window, samples
+                # The last ack travels on the source's connection, the probe on another:
+                # the server may count the message fetched after it before that ack.
+                assert ack_pending <= window + 1, samples
                 assert pending >= 100_000 - done - window, samples
             growth = rss_at[total] - rss_at[500]
             assert growth < 16 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB: {rss_at}"
