@@ -35,12 +35,19 @@ Groups and their alternatives:
 
 Run: ``.venv/bin/python benchmarks/backpressure_paths.py [--n N] [--repeat R] [--only GROUP]``
 (part of ``make bench``). Speed is never asserted in the test suite.
+
+Before/after in one process: ``git worktree add /tmp/old <commit>`` (or
+``git archive <commit> reactive_bp | tar -x -C /tmp/old``) then ``--before
+/tmp/old`` adds, under each reactive_bp row, the same pipeline on that
+checkout's package (imported as ``reactive_bp_before``), interleaved with the
+rest; a ``vs before`` column gives this row's speed relative to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import queue
 import statistics
 import sys
@@ -49,13 +56,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 from _machine import machine_summary
 from typing_extensions import override
 
+import reactive_bp
 from reactive_bp import Flow, OverflowStrategy, SourceQueue
 from reactive_bp.abc import Subscriber, Subscription
-from reactive_bp.schedulers import VirtualTimeScheduler
 
 __all__ = ["GROUPS", "main"]
 
@@ -72,34 +82,42 @@ Result = tuple[int, int]  # (items delivered, their sum): equal across a group
 # -- the producer side and the sink ------------------------------------------------------
 
 
-class _Driver(Flow[int]):
-    """A source whose items are pushed by the benchmark loop (it checks Rule 1.1).
+def _driver_class(lib: Any) -> type[Any]:
+    """``_Driver`` for the library module ``lib`` (its ``Flow`` is the base class)."""
 
-    A ``Flow`` subclass, like every reactive_bp source, so the operator under
-    test subscribes to it directly (``Flow.from_publisher`` would add its guard).
-    """
+    class _Driver(lib.Flow):  # type: ignore[misc]
+        """A source whose items are pushed by the benchmark loop (it checks Rule 1.1).
 
-    __slots__ = ("requested", "subscriber")
+        A ``Flow`` subclass, like every reactive_bp source, so the operator under
+        test subscribes to it directly (``Flow.from_publisher`` would add its guard).
+        """
 
-    def __init__(self) -> None:
-        self.subscriber: Subscriber[int] | None = None
-        self.requested = 0
+        __slots__ = ("requested", "subscriber")
 
-    @override
-    def _subscribe(self, subscriber: Subscriber[int]) -> None:
-        self.subscriber = subscriber
-        subscriber.on_subscribe(self)
+        def __init__(self) -> None:
+            self.subscriber: Subscriber[int] | None = None
+            self.requested = 0
 
-    def request(self, n: int) -> None:
-        self.requested = min(UNBOUNDED, self.requested + n)
+        @override
+        def _subscribe(self, subscriber: Subscriber[int]) -> None:
+            self.subscriber = subscriber
+            subscriber.on_subscribe(self)
 
-    def cancel(self) -> None:
-        pass
+        def request(self, n: int) -> None:
+            self.requested = min(UNBOUNDED, self.requested + n)
 
-    def target(self) -> Subscriber[int]:
-        if self.subscriber is None or self.requested != UNBOUNDED:
-            raise SystemExit("the operator did not request UNBOUNDED upstream")
-        return self.subscriber
+        def cancel(self) -> None:
+            pass
+
+        def target(self) -> Subscriber[int]:
+            if self.subscriber is None or self.requested != UNBOUNDED:
+                raise SystemExit("the operator did not request UNBOUNDED upstream")
+            return self.subscriber
+
+    return _Driver
+
+
+_Driver = _driver_class(reactive_bp)
 
 
 class _Sink:
@@ -138,11 +156,15 @@ def _saturate(subscriber: Subscriber[int], sink: _Sink, n: int) -> Result:
     return sink.count, sink.total
 
 
-def _rbp(build: Callable[[Flow[int]], Flow[int]]) -> Callable[[int], Result]:
+def _rbp(
+    build: Callable[[Flow[int], Any], Flow[int]], lib: Any = reactive_bp
+) -> Callable[[int], Result]:
+    driver_class = _Driver if lib is reactive_bp else _driver_class(lib)
+
     def run(n: int) -> Result:
-        driver = _Driver()
+        driver = driver_class()
         sink = _Sink()
-        build(driver).subscribe(sink)
+        build(driver, lib).subscribe(sink)
         return _saturate(driver.target(), sink, n)
 
     return run
@@ -336,16 +358,22 @@ def _sample_loop(
     return sink.count, sink.total
 
 
-def _rbp_sample(n: int) -> Result:
-    scheduler = VirtualTimeScheduler()
-    driver = _Driver()
-    sink = _Sink()
-    driver.sample(PERIOD, scheduler=scheduler).subscribe(sink)
+def _rbp_sample(lib: Any = reactive_bp) -> Callable[[int], Result]:
+    driver_class = _Driver if lib is reactive_bp else _driver_class(lib)
+    scheduler_class = lib.schedulers.VirtualTimeScheduler
 
-    def tick() -> None:
-        scheduler.advance_by(PERIOD)
+    def run(n: int) -> Result:
+        scheduler = scheduler_class()
+        driver = driver_class()
+        sink = _Sink()
+        driver.sample(PERIOD, scheduler=scheduler).subscribe(sink)
 
-    return _sample_loop(driver.target().on_next, tick, sink, n)
+        def tick() -> None:
+            scheduler.advance_by(PERIOD)
+
+        return _sample_loop(driver.target().on_next, tick, sink, n)
+
+    return run
 
 
 def _minimal_sample(n: int) -> Result:
@@ -537,6 +565,8 @@ class Contender:
     label: str
     run: Callable[[int], Result]
     is_subject: bool = False
+    with_library: Callable[[Any], Callable[[int], Result]] | None = None
+    """The same pipeline built with another copy of the library (``--before``)."""
 
 
 @dataclass(frozen=True)
@@ -548,6 +578,19 @@ class Group:
     contenders: tuple[Contender, ...]
 
 
+def _build_buffer(flow: Flow[int], lib: Any) -> Flow[int]:
+    # The library's own OverflowStrategy (--before loads a second copy).
+    return flow.on_backpressure_buffer(CAPACITY, lib.OverflowStrategy.DROP_OLDEST)
+
+
+def _build_latest(flow: Flow[int], lib: Any) -> Flow[int]:
+    return flow.on_backpressure_latest()
+
+
+def _build_drop(flow: Flow[int], lib: Any) -> Flow[int]:
+    return flow.on_backpressure_drop()
+
+
 GROUPS: tuple[Group, ...] = (
     Group(
         "buffer",
@@ -556,8 +599,9 @@ GROUPS: tuple[Group, ...] = (
             Contender(
                 "rbp",
                 "reactive_bp on_backpressure_buffer(1024, DROP_OLDEST)",
-                _rbp(lambda f: f.on_backpressure_buffer(CAPACITY, OverflowStrategy.DROP_OLDEST)),
+                _rbp(_build_buffer),
                 True,
+                partial(_rbp, _build_buffer),
             ),
             Contender("minimal", "minimal RS operator (lock + deque)", _minimal(_MinimalBuffer)),
             Contender("inline", "inline deque in the producer loop", _inline_buffer),
@@ -570,8 +614,9 @@ GROUPS: tuple[Group, ...] = (
             Contender(
                 "rbp",
                 "reactive_bp on_backpressure_latest()",
-                _rbp(lambda f: f.on_backpressure_latest()),
+                _rbp(_build_latest),
                 True,
+                partial(_rbp, _build_latest),
             ),
             Contender("minimal", "minimal RS operator (lock + slot)", _minimal(_MinimalLatest)),
             Contender("inline", "inline slot in the producer loop", _inline_latest),
@@ -584,8 +629,9 @@ GROUPS: tuple[Group, ...] = (
             Contender(
                 "rbp",
                 "reactive_bp on_backpressure_drop()",
-                _rbp(lambda f: f.on_backpressure_drop()),
+                _rbp(_build_drop),
                 True,
+                partial(_rbp, _build_drop),
             ),
             Contender("minimal", "minimal RS operator (lock + counter)", _minimal(_MinimalDrop)),
             Contender("inline", "inline demand counter in the producer loop", _inline_drop),
@@ -595,7 +641,13 @@ GROUPS: tuple[Group, ...] = (
         "sample",
         f"sample(period), one period per {SAMPLE_TICK} items, one request per {SAMPLE_GRANT}",
         (
-            Contender("rbp", "reactive_bp sample(period, VirtualTimeScheduler)", _rbp_sample, True),
+            Contender(
+                "rbp",
+                "reactive_bp sample(period, VirtualTimeScheduler)",
+                _rbp_sample(),
+                True,
+                _rbp_sample,
+            ),
             Contender("minimal", "minimal RS operator (lock + two slots)", _minimal_sample),
             Contender("inline", "inline slots in the producer loop", _inline_sample),
         ),
@@ -617,6 +669,38 @@ GROUPS: tuple[Group, ...] = (
         ),
     ),
 )
+
+
+def _load_before(path: Path) -> Any:
+    """Import the ``reactive_bp`` package under ``path`` as ``reactive_bp_before``.
+
+    The package imports itself relatively, so a second copy loads side by side
+    with the current one and both run in this process, interleaved.
+    """
+    init = path / "reactive_bp" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "reactive_bp_before", init, submodule_search_locations=[str(init.parent)]
+    )
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {init}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reactive_bp_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _with_before(group: Group, before: Any, path: Path) -> Group:
+    """``group`` with a ``before`` row (the subject on the ``before`` library) after the subject."""
+    rows: list[Contender] = []
+    for contender in group.contenders:
+        rows.append(contender)
+        if contender.with_library is not None:
+            rows.append(
+                Contender(
+                    "before", f"{contender.label}, before ({path})", contender.with_library(before)
+                )
+            )
+    return Group(group.key, group.title, tuple(rows))
 
 
 # -- measurement and output ---------------------------------------------------------------
@@ -690,12 +774,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="GROUP",
         help="groups: " + ", ".join(g.key for g in GROUPS),
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run the reactive_bp rows with the package in CHECKOUT (e.g. a git worktree "
+        "of an earlier commit), interleaved in this process",
+    )
     args = parser.parse_args(argv)
     if args.n < SAMPLE_GRANT or args.n % SAMPLE_GRANT or args.repeat < 1:
         parser.error(f"--n must be a positive multiple of {SAMPLE_GRANT}; --repeat positive")
     groups = [g for g in GROUPS if not args.only or g.key in args.only]
+    if args.before is not None:
+        before = _load_before(args.before)
+        groups = [_with_before(group, before, args.before) for group in groups]
     print("# Backpressure strategies at saturation; producer thread -> subscriber")
     print(machine_summary())
+    print(f"reactive_bp imported from {reactive_bp.__file__}")
     print(f"One warm-up round, then the median of {args.repeat} interleaved rounds.")
     print("Ratios: the alternative's time over this row's (above 1.0x: this row is faster).\n")
     for group in groups:

@@ -149,8 +149,14 @@ _POOL = ThreadPoolScheduler(2, thread_name_prefix=POOL_PREFIX)
 
 
 def shutdown_pool() -> None:
-    """End the registry's worker threads."""
-    _POOL.shutdown()
+    """End the registry's worker threads; entries made later get a fresh pool.
+
+    (The entries look ``_POOL`` up when they build a publisher, so a report that
+    shut the pool down does not leave later verifications with a dead one.)
+    """
+    global _POOL
+    pool, _POOL = _POOL, ThreadPoolScheduler(2, thread_name_prefix=POOL_PREFIX)
+    pool.shutdown()
 
 
 def _entries() -> list[PublisherEntry]:

@@ -2,7 +2,9 @@
 
 Every operator and source that waits for a scheduled action -- a blocking
 ``map_async`` call, a ``delay``/``timeout``/``timer`` deadline, a ``retry``
-backoff, an ``interval`` tick -- schedules a ``RejectableAction``. When a
+backoff, an ``interval`` tick, a ``sample`` tick, a ``buffer_timeout``,
+``debounce`` or ``throttle_*`` timer, an ``on_backpressure_buffer`` ttl sweep
+-- schedules a ``RejectableAction``. When a
 ``ThreadPoolScheduler`` shuts down with that action still queued, or a delayed
 action comes due after the shutdown (rejected on the timer thread), the stream
 ends with ``on_error(RejectedExecutionError)`` naming the pool. Before, the
@@ -156,6 +158,56 @@ def test_map_async_a_call_dropped_while_another_runs_fails_the_stream() -> None:
         pool.shutdown()
 
 
+# -- strategy timers: sample's tick, buffer_timeout, debounce, the ttl sweep ------------------
+
+# Each holds something that only its timer can release: a subscriber that asked
+# for it would wait forever if the pool dropped the timer.
+STRATEGY_TIMERS = [
+    _Timed("sample", lambda s: Flow.concat(Flow.just(1), Flow.never()).sample(_DUE, scheduler=s)),
+    _Timed(
+        "buffer_timeout",
+        lambda s: Flow.concat(Flow.just(1), Flow.never()).buffer_timeout(8, _DUE, scheduler=s),
+    ),
+    _Timed(
+        "debounce", lambda s: Flow.concat(Flow.just(1), Flow.never()).debounce(_DUE, scheduler=s)
+    ),
+    _Timed(
+        "throttle_latest",
+        lambda s: Flow.concat(Flow.range(2), Flow.never()).throttle_latest(_DUE, scheduler=s),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", STRATEGY_TIMERS, ids=repr)
+def test_a_strategy_timer_dropped_by_a_pool_shutdown_fails_the_stream(case: _Timed) -> None:
+    pool = ThreadPoolScheduler(1, thread_name_prefix=f"strategy-{case.name}")
+    subscriber: TestSubscriber[object] = TestSubscriber(UNBOUNDED)
+    case.build(pool).subscribe(subscriber)
+    pool.shutdown()  # the timer is still pending on the timer thread
+    _assert_rejected_by(subscriber, f"strategy-{case.name}")
+
+
+def test_a_ttl_sweep_dropped_by_a_pool_shutdown_fails_the_stream_ahead_of_the_items() -> None:
+    pool = ThreadPoolScheduler(1, thread_name_prefix="sweep")
+    subscriber: TestSubscriber[object] = TestSubscriber(0)  # the item waits: a sweep is armed
+    Flow.concat(Flow.just(1), Flow.never()).on_backpressure_buffer(
+        4, ttl=_DUE, scheduler=pool
+    ).subscribe(subscriber)
+    pool.shutdown()
+    _assert_rejected_by(subscriber, "sweep")
+    assert subscriber.items == []
+
+
+def test_a_strategy_timer_rejected_after_the_stream_ended_is_not_an_error() -> None:
+    """A pool shut down after the end: the leftover timer's rejection is nobody's news."""
+    pool = ThreadPoolScheduler(1, thread_name_prefix="after-end")
+    subscriber: TestSubscriber[object] = TestSubscriber(UNBOUNDED)
+    Flow.range(3).on_backpressure_buffer(4, ttl=_DUE, scheduler=pool).subscribe(subscriber)
+    subscriber.cancel()
+    pool.shutdown()
+    assert subscriber.items == [0, 1, 2] and not subscriber.errors
+
+
 # -- a scheduler that refuses at once (a closed event loop) ---------------------------------
 
 
@@ -175,6 +227,13 @@ REFUSED = [
     ),
     _Timed("interval", lambda s: Flow.interval(_DUE, scheduler=s)),
     _Timed("timer", lambda s: Flow.timer(_DUE, scheduler=s)),
+    *STRATEGY_TIMERS,
+    _Timed(
+        "ttl_sweep",
+        lambda s: Flow.concat(Flow.just(1), Flow.never()).on_backpressure_buffer(
+            4, ttl=_DUE, scheduler=s
+        ),
+    ),
 ]
 
 

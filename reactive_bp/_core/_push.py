@@ -22,9 +22,22 @@ How the rules hold:
   (counted as produced and delivered), then lets go unless work was missed
   meanwhile, in which case it runs the loop. Items are delivered in order:
   nothing was queued, and while it owns the loop nobody else delivers.
+* The saturated path: an ``offer`` without demand, with no ``on_dropped``,
+  ttl or water marks (``_quiet_overflow``), queues the item, or makes the
+  strategy's one step when full (evict the oldest or the newest, or refuse),
+  inside the same critical section, and returns: no pass, no allocation, no
+  call. The ``on_backpressure_*`` operators' ``on_next`` *is* ``offer``.
 * Costs only when used: ``on_dropped``'s list, the ttl stamps and water-mark
   observations exist only when configured; producers are notified only when
-  one is waiting (``_waiters``, ``_async_waiters``).
+  one is waiting (``_waiters``, ``_async_waiters``); the backpressure clock
+  runs only when the stats can be read (``timed``).
+* Counting: the counters live in the buffer, under ``_lock``. ``produced`` is
+  never counted: it is delivered + dropped + queued by construction. A drop
+  by the overflow strategy on the saturated path is only counted aside
+  (``_overflowed``); ``stats`` (from ``synced_stats``) folds it in under
+  ``_lock`` whenever any counter is read, so every read is exact and the
+  invariant holds in every ``snapshot()``. Nothing in the buffer reads
+  ``stats`` (a read takes ``_lock``), not even ``__repr__``.
 * Rules 1.7, 3.6, 3.7: how the stream ends is one ``Terminal``. Every
   transition of it is made under ``_lock``, and the drain loop reads
   ``terminal.ending`` in the same critical section as the queue, so "ended
@@ -48,7 +61,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from typing_extensions import override
 
 from ._demand import UNBOUNDED, add_cap, check_request, produced
 from ._hooks import report_undeliverable
@@ -67,6 +82,7 @@ __all__ = [
     "OverflowStrategy",
     "PushBuffer",
     "WaterMarks",
+    "synced_stats",
 ]
 
 T = TypeVar("T")
@@ -114,10 +130,15 @@ class BufferStats:
     Invariant (under the buffer's lock): ``produced == delivered + dropped + depth``.
     ``refused`` stands outside it: an offer answered ``FULL`` (the ``WAIT``
     strategy) was never taken, the producer still holds the item.
+
+    An owner whose hot path keeps some counts aside (a ``PushBuffer``, ``sample``)
+    hands out the form made by ``synced_stats``: reading any counter first folds
+    those counts in, under the owner's lock, so every read is exact.
     """
 
     __slots__ = (
         "_backpressured_since",
+        "_sync",
         "backpressured_seconds",
         "capacity",
         "delivered",
@@ -141,6 +162,8 @@ class BufferStats:
         self.peak_depth = 0
         self.backpressured_seconds = 0.0
         self._backpressured_since: float | None = None
+        # The owner's "fold your pending counts in" (synced_stats), or None.
+        self._sync: Callable[[], None] | None = None
 
     def pressure_started(self, now: float) -> None:
         """Start timing a backpressured spell at ``now`` (no-op if one is running)."""
@@ -175,6 +198,145 @@ class BufferStats:
 
     def __repr__(self) -> str:
         return f"BufferStats({self.snapshot()})"
+
+
+_SYNCED_COUNTERS = (
+    "backpressured_seconds",
+    "delivered",
+    "depth",
+    "dropped",
+    "dropped_by_reason",
+    "peak_depth",
+    "produced",
+    "refused",
+)
+
+
+_DROPPED_SLOT: Any = BufferStats.__dict__["dropped"]
+_BY_REASON_SLOT: Any = BufferStats.__dict__["dropped_by_reason"]
+
+
+def _synced(slot: Any) -> property:
+    """A counter that asks the owner to fold its pending counts in before it is read."""
+
+    def read(stats: BufferStats) -> object:
+        sync = stats._sync
+        if sync is not None:
+            sync()
+        return slot.__get__(stats, BufferStats)
+
+    def write(stats: BufferStats, value: object) -> None:
+        slot.__set__(stats, value)
+
+    return property(read, write)
+
+
+class _SyncedStats(BufferStats):
+    """``BufferStats`` whose reads fold the owner's pending counts in first.
+
+    The layout is ``BufferStats``'s own (no slots added), so code that swaps
+    the class of a stats object for a subclass of ``BufferStats`` still can.
+    """
+
+    __slots__ = ()
+
+    @override
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        # One call for the owner's own counting (the properties would be four).
+        sync = self._sync
+        if sync is not None:
+            sync()
+        _DROPPED_SLOT.__set__(self, _DROPPED_SLOT.__get__(self, BufferStats) + n)
+        by_reason = _BY_REASON_SLOT.__get__(self, BufferStats)
+        by_reason[reason] = by_reason.get(reason, 0) + n
+
+    @override
+    def snapshot(self) -> dict[str, object]:
+        sync = self._sync
+        if sync is not None:
+            sync()  # once: the counters below are one consistent reading
+        raw = BufferStats.__dict__
+        values = {
+            name: raw[name].__get__(self, BufferStats)
+            for name in _SYNCED_COUNTERS
+            if name != "produced"
+        }
+        if type(self) is _SyncedDropStats:  # derived there: never stored
+            values["produced"] = values["delivered"] + values["dropped"] + values["depth"]
+        else:
+            values["produced"] = raw["produced"].__get__(self, BufferStats)
+        return {
+            "capacity": self.capacity,
+            "produced": values["produced"],
+            "delivered": values["delivered"],
+            "dropped": values["dropped"],
+            "dropped_by_reason": dict(values["dropped_by_reason"]),
+            "refused": values["refused"],
+            "depth": values["depth"],
+            "peak_depth": values["peak_depth"],
+            "backpressured_seconds": values["backpressured_seconds"],
+        }
+
+
+class _SyncedDropStats(_SyncedStats):
+    """``_SyncedStats`` for an owner that keeps only dropped items aside.
+
+    ``dropped`` and ``dropped_by_reason`` sync; ``produced`` is derived
+    (delivered + dropped + depth, after the sync), so the owner never counts
+    arrivals; the other counters are plain, kept current by the owner, and
+    its own bookkeeping of depth and deliveries pays nothing for properties.
+    """
+
+    __slots__ = ()
+
+
+def _derived_produced(stats: BufferStats) -> int:
+    sync = stats._sync
+    if sync is not None:
+        sync()
+    raw = BufferStats.__dict__
+    delivered: int = raw["delivered"].__get__(stats, BufferStats)
+    dropped: int = raw["dropped"].__get__(stats, BufferStats)
+    depth: int = raw["depth"].__get__(stats, BufferStats)
+    return delivered + dropped + depth
+
+
+def _not_counted(stats: BufferStats, value: object) -> None:
+    """Derived, not counted: a write (``BufferStats.__init__``'s 0) changes nothing."""
+
+
+# Each counter becomes a property over BufferStats' own slot (set here, after the
+# class exists: to type checkers they stay BufferStats' plain int/dict attributes).
+for _name in _SYNCED_COUNTERS:
+    setattr(_SyncedStats, _name, _synced(BufferStats.__dict__[_name]))
+    if _name not in ("produced", "dropped", "dropped_by_reason"):
+        setattr(_SyncedDropStats, _name, BufferStats.__dict__[_name])
+del _name
+setattr(_SyncedDropStats, "produced", property(_derived_produced, _not_counted))  # noqa: B010
+
+
+def synced_stats(
+    capacity: int | None, sync: Callable[[], None] | None, *, drops_only: bool = False
+) -> BufferStats:
+    """Stats whose reads first call ``sync()``, which folds the owner's pending counts in.
+
+    ``sync`` takes the owner's lock, so the owner never reads these counters
+    while holding a non-reentrant lock; it writes them inside ``sync`` (or
+    under a reentrant lock that ``sync`` takes too). The owner may set
+    ``stats._sync`` to ``None`` while nothing is pending (reads are then
+    plain) and back when something is. With ``drops_only`` only ``dropped``
+    and ``dropped_by_reason`` sync, ``produced`` is derived (never written),
+    and the owner keeps the rest current itself.
+    """
+    if drops_only:
+        stats: BufferStats = _SyncedDropStats(capacity)
+        # The slot behind the derived property, for a reader of the plain
+        # BufferStats layout (a class swapped in for instrumentation).
+        BufferStats.__dict__["produced"].__set__(stats, 0)
+    else:
+        stats = _SyncedStats(capacity)
+    stats._sync = sync
+    return stats
 
 
 class WaterMarks:
@@ -266,6 +428,16 @@ _OVERFLOW_REASON = {
 }
 
 
+_ENQUEUED = OfferResult.ENQUEUED
+_DROPPED = OfferResult.DROPPED
+_FULL = OfferResult.FULL
+_FAILED = OfferResult.FAILED
+_CLOSED = OfferResult.CLOSED
+_DROP_NEWEST = OverflowStrategy.DROP_NEWEST
+_DROP_OLDEST = OverflowStrategy.DROP_OLDEST
+_LATEST = OverflowStrategy.LATEST
+
+
 class PushBuffer(Generic[T]):
     """The subscription handed to the subscriber of a push source.
 
@@ -282,20 +454,32 @@ class PushBuffer(Generic[T]):
         "_capacity",
         "_clock",
         "_cond",
+        "_delivered",
         "_drain_thread",
         "_draining",
+        "_dropped",
         "_lock",
         "_missed",
         "_on_dropped",
         "_overflow",
+        "_overflow_reason",
+        "_overflowed",
+        "_peak",
+        "_pressure_seconds",
+        "_pressure_since",
         "_queue",
+        "_quiet_overflow",
+        "_reasons",
+        "_refused",
         "_request_callbacks",
         "_requested",
         "_stamps",
         "_subscribe_thread",
         "_terminal",
+        "_timed",
         "_ttl",
         "_waiters",
+        "_waits",
         "error_ahead",
         "name",
         "stats",
@@ -315,6 +499,7 @@ class PushBuffer(Generic[T]):
         ttl: float | None = None,
         clock: Callable[[], float] | None = None,
         water_marks: WaterMarks | None = None,
+        timed: bool = True,
     ) -> None:
         """Create the buffer.
 
@@ -323,7 +508,9 @@ class PushBuffer(Generic[T]):
         ``ERROR`` (hold nothing beyond demand); ``ttl`` drops items that have
         waited ``ttl`` seconds on ``clock`` (default ``time.monotonic``) with
         reason ``"ttl"``, whenever the buffer is offered to, drained or
-        ``expire()`` is called; ``water_marks`` observes every depth change.
+        ``expire()`` is called; ``water_marks`` observes every depth change;
+        ``timed=False`` leaves ``stats.backpressured_seconds`` at 0 (two clock
+        reads per spell saved, for an owner whose stats nobody can read).
         """
         if not isinstance(overflow, OverflowStrategy):
             raise TypeError(f"overflow must be an OverflowStrategy, got {overflow!r}")
@@ -355,9 +542,15 @@ class PushBuffer(Generic[T]):
         self._terminal = Terminal(self)
         # Invariant (all under _lock): _draining is true while one thread owns
         # the drain loop (or a fast-path delivery), _drain_thread is that
-        # thread; _missed is set when deliverable work arrived meanwhile.
+        # thread (kept only with WAIT: only a waiting producer asks, in
+        # _cannot_wait_locked); _missed is set when deliverable work arrived
+        # meanwhile.
+        # While nobody owns the loop, either nothing is requested or nothing
+        # is queued (or there is no subscriber yet): an offer that finds
+        # demand *and* a queue is always racing a running loop.
         self._draining = False
         self._drain_thread = 0
+        self._waits = overflow is OverflowStrategy.WAIT
         self._missed = False
         # Guarded by _lock: threads sleeping in offer_blocking on _cond.
         self._waiters = 0
@@ -368,13 +561,81 @@ class PushBuffer(Generic[T]):
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._request_callbacks: list[Callable[[int], object]] = []
         self._cancel_callbacks: list[Callable[[], object]] = []
-        self.stats = BufferStats(None if self._capacity == UNBOUNDED else capacity)
+        # The counters behind ``stats``, all guarded by _lock. ``produced`` is
+        # not counted: it is delivered + dropped + overflowed + len(_queue) by
+        # construction, so the invariant cannot drift. Drops by the overflow
+        # strategy on the saturated path are only counted (_overflowed) and
+        # folded into _dropped / _reasons when the stats are read.
+        self._delivered = 0
+        self._dropped = 0
+        self._reasons: dict[str, int] = {}
+        self._overflowed = 0
+        self._overflow_reason = _OVERFLOW_REASON.get(overflow, "overflow")
+        self._refused = 0
+        self._peak = 0
+        self._timed = timed
+        self._pressure_since: float | None = None  # the running spell; None unless timed
+        self._pressure_seconds = 0.0
+        self.stats = synced_stats(
+            None if self._capacity == UNBOUNDED else capacity, self._sync_stats
+        )
         self._ttl = ttl
         self._clock: Callable[[], float] = time.monotonic if clock is None else clock
         # Guarded by _lock: when each queued item was enqueued (only with a ttl).
         # Invariant: len(_stamps) == len(_queue), position by position.
         self._stamps: deque[float] | None = None if ttl is None else deque()
         self.water_marks = water_marks
+        # Whether a full buffer's overflow is one quiet step that offer() makes
+        # inline: evict (DROP_OLDEST, LATEST) or refuse (DROP_NEWEST) and count,
+        # with nobody to tell (no on_dropped, no water marks) and no stamps.
+        self._quiet_overflow = (
+            overflow in (OverflowStrategy.DROP_NEWEST, OverflowStrategy.DROP_OLDEST, _LATEST)
+            and on_dropped is None
+            and ttl is None
+            and water_marks is None
+        )
+
+    def _sync_stats(self) -> None:
+        """Write the counters into ``stats`` (every read of it calls this first)."""
+        stats = self.stats
+        raw = BufferStats.__dict__
+        with self._lock:
+            self._fold_overflowed_locked()
+            for name, value in self._counters().items():
+                raw[name].__set__(stats, value)
+            stats._backpressured_since = self._pressure_since
+
+    def _counters(self) -> dict[str, object]:
+        """The counters by ``stats`` name: exact under ``_lock``, a rough reading without it."""
+        delivered = self._delivered
+        dropped = self._dropped + self._overflowed
+        depth = len(self._queue)
+        reasons = self._reasons
+        if self._overflowed:  # only without _lock: folding needs it
+            reasons = dict(reasons)
+            reason = self._overflow_reason
+            reasons[reason] = reasons.get(reason, 0) + self._overflowed
+        return {
+            "produced": delivered + dropped + depth,
+            "delivered": delivered,
+            "dropped": dropped,
+            "dropped_by_reason": reasons,
+            "refused": self._refused,
+            "depth": depth,
+            "peak_depth": self._peak,
+            "backpressured_seconds": self._pressure_seconds,
+        }
+
+    def _fold_overflowed_locked(self) -> int:
+        """Count the pending overflow drops under their reason; return all drops."""
+        overflowed = self._overflowed
+        if overflowed:
+            self._overflowed = 0
+            self._dropped += overflowed
+            reasons = self._reasons
+            reason = self._overflow_reason
+            reasons[reason] = reasons.get(reason, 0) + overflowed
+        return self._dropped
 
     def attach(self, actual: Subscriber[T]) -> None:
         """Give the buffer its subscriber (for a buffer created before anyone subscribed)."""
@@ -423,6 +684,11 @@ class PushBuffer(Generic[T]):
             return self._capacity - len(self._queue)
 
     @property
+    def depth(self) -> int:
+        """How many items are queued (``stats.depth`` without folding the other counters)."""
+        return len(self._queue)
+
+    @property
     def is_cancelled(self) -> bool:
         """Whether the subscriber cancelled (or the stream's end was signalled)."""
         return self._terminal.is_closed
@@ -456,73 +722,97 @@ class PushBuffer(Generic[T]):
         """
         if item is None:
             raise TypeError(f"{self.name}: None is not a valid item (Rule 2.13)")
-        dropped: list[T] | None = None if self._on_dropped is None else []
         terminal = self._terminal
-        drain = False
         with self._lock:
+            queue = self._queue
             requested = self._requested
-            if (
-                requested
-                and not self._draining
-                and not self._queue
-                and terminal._ending is None
-                and not terminal._closed
-            ):
+            if queue or not requested or self._draining:
+                # Not the next item due now: it is held (or the strategy drops
+                # something). The saturated paths first, each one decision.
+                if terminal._ending is not None or terminal._closed:
+                    return _CLOSED
+                if self._quiet_overflow:
+                    size = len(queue)
+                    if size < self._capacity or size < requested:
+                        queue.append(item)
+                        if size >= self._peak:
+                            self._peak = size + 1
+                        if not requested:
+                            return _ENQUEUED  # no demand: it waits, no pass needed
+                        # Demand and a queue: a loop is running (see _draining).
+                        drain = self._own_locked()
+                        result = _ENQUEUED
+                    else:
+                        # Full, so no new deliverable work: a running loop has
+                        # at least as many items as demand already (Rule 3.3).
+                        if self._timed and self._pressure_since is None:
+                            self._pressure_since = time.monotonic()
+                        self._overflowed += 1
+                        overflow = self._overflow
+                        if overflow is _DROP_NEWEST:
+                            return _DROPPED
+                        if overflow is _DROP_OLDEST:
+                            queue.popleft()
+                        else:  # LATEST
+                            queue.pop()
+                        queue.append(item)
+                        return _ENQUEUED
+                    actual = None
+                else:
+                    actual = None
+                    dropped: list[T] | None = None if self._on_dropped is None else []
+                    result = self._hold_locked(item, requested, dropped, count_refusal)
+                    drain = (result is _ENQUEUED and bool(requested)) or result is _FAILED
+                    if drain:
+                        drain = self._own_locked()
+            else:
                 # The fast path: demand and nothing queued, so this item is the
                 # next one due; take the loop's ownership and hand it over.
                 actual = self._actual
-                if actual is not None:
+                if actual is None or terminal._ending is not None or terminal._closed:
+                    actual = None
+                    dropped = None if self._on_dropped is None else []
+                    result = self._hold_locked(item, requested, dropped, count_refusal)
+                    drain = False
+                else:
                     self._draining = True
-                    self._drain_thread = _get_ident()
+                    if self._waits:
+                        self._drain_thread = _get_ident()
                     self._missed = False
                     if requested != UNBOUNDED:
                         self._requested = requested - 1
-                    stats = self.stats
-                    stats.produced += 1
-                    stats.delivered += 1
-                    since = stats._backpressured_since
-                    if since is not None:  # pressure_ended(), inlined
-                        stats.backpressured_seconds += time.monotonic() - since
-                        stats._backpressured_since = None
-            else:
-                actual = None
-            if actual is None:
-                result = self._offer_locked(item, dropped)
-                if result is OfferResult.FULL:
-                    if count_refusal:
-                        self.stats.refused += 1
-                elif (result is OfferResult.ENQUEUED and requested) or (
-                    result is OfferResult.FAILED
-                ):
-                    # _own_locked(), inlined on this hot path.
-                    if self._draining:
-                        self._missed = True  # the running loop will look again (Rule 3.3)
-                    elif not terminal._closed and self._actual is not None:
-                        self._draining = drain = True
-                        self._drain_thread = _get_ident()
-                        self._missed = False
+                    self._delivered += 1
+                    since = self._pressure_since
+                    if since is not None:  # the spell ends: there was room and demand
+                        self._pressure_seconds += time.monotonic() - since
+                        self._pressure_since = None
         if actual is not None:
             # The loop owner's delivery (inlined: this is the hot path).
             try:
                 actual.on_next(item)
             except Exception as fault:  # Rule 2.13
                 self._failed_delivery(actual, fault, ())
-                return OfferResult.ENQUEUED
+                return _ENQUEUED
             with self._lock:
                 if terminal._closed:  # cancelled during on_next (Rule 3.13)
                     self._actual = None
                     self._draining = False
                     self._wake_producers_locked()
-                    drain = False
-                else:
-                    drain = self._missed  # work arrived meanwhile: stay the owner
-                    if not drain:
-                        self._draining = False
+                    return _ENQUEUED
+                drain = self._missed  # work arrived meanwhile: stay the owner
+                if not drain:
+                    self._draining = False
+                    if self.water_marks is None:
+                        return _ENQUEUED
             if drain:
                 self._drain_loop()
             if self.water_marks is not None:
                 self.water_marks.observe(len(self._queue))
-            return OfferResult.ENQUEUED
+            return _ENQUEUED
+        if self._quiet_overflow:
+            if drain:
+                self._drain_loop()
+            return result
         if dropped:
             self._report_dropped(dropped)
         if drain:
@@ -530,25 +820,6 @@ class PushBuffer(Generic[T]):
         if self.water_marks is not None:
             self.water_marks.observe(len(self._queue))
         return result
-
-    def _take_one_locked(self) -> T:
-        """Pop the oldest item for delivery by the loop owner (demand and an item exist)."""
-        queue = self._queue
-        item = queue.popleft()
-        requested = self._requested
-        if requested != UNBOUNDED:
-            self._requested = requested - 1
-        stats = self.stats
-        stats.delivered += 1
-        size = len(queue)
-        stats.depth = size
-        if self._waiters or self._async_waiters:
-            self._wake_producers_locked()
-        since = stats._backpressured_since
-        if since is not None and (size < self._capacity or size < self._requested):
-            stats.backpressured_seconds += time.monotonic() - since
-            stats._backpressured_since = None
-        return item
 
     def _own_locked(self) -> bool:
         """Take the drain loop (``True``), or tell its owner to look again (``False``)."""
@@ -562,46 +833,47 @@ class PushBuffer(Generic[T]):
         self._missed = False
         return True
 
-    def _offer_locked(self, item: T, dropped: list[T] | None) -> OfferResult:
+    def _hold_locked(
+        self, item: T, requested: int, dropped: list[T] | None, count_refusal: bool
+    ) -> OfferResult:
+        """Queue ``item`` or apply the overflow strategy: every configuration, under ``_lock``."""
         terminal = self._terminal
         if terminal._ending is not None or terminal._closed:
-            return OfferResult.CLOSED
+            return _CLOSED
         queue = self._queue
-        stats = self.stats
         stamps = self._stamps
         if stamps is not None:
             self._expire_locked(dropped)  # expired items make room first
-        stats.produced += 1
         size = len(queue)
-        if size >= self._capacity and size >= self._requested:
+        if size >= self._capacity and size >= requested:
             overflow = self._overflow
-            if stats._backpressured_since is None:
-                stats._backpressured_since = time.monotonic()
+            if self._timed and self._pressure_since is None:
+                self._pressure_since = time.monotonic()
             if overflow is OverflowStrategy.WAIT:
-                stats.produced -= 1  # not taken: the producer still holds it
-                return OfferResult.FULL
-            if overflow is OverflowStrategy.DROP_NEWEST:
-                stats.dropped += 1  # _count_drop(), inlined on the saturated path
-                by_reason = stats.dropped_by_reason
-                by_reason["drop_newest"] = by_reason.get("drop_newest", 0) + 1
-                if dropped is not None:
-                    dropped.append(item)
-                return OfferResult.DROPPED
-            if overflow is OverflowStrategy.DROP_OLDEST:
+                if count_refusal:
+                    self._refused += 1  # not taken: the producer still holds it
+                return _FULL
+            if overflow is _DROP_NEWEST:
+                self._count_drop(item, "drop_newest", dropped)
+                return _DROPPED
+            if overflow is _DROP_OLDEST:
                 self._count_drop(queue.popleft(), "drop_oldest", dropped)
                 if stamps is not None:
                     stamps.popleft()
-            elif overflow is OverflowStrategy.LATEST:
+                size -= 1
+            elif overflow is _LATEST:
                 self._count_drop(queue.pop(), "latest", dropped)
                 if stamps is not None:
                     stamps.pop()
+                size -= 1
             else:  # ERROR
                 self._count_drop(item, "overflow_error", dropped)
                 # Accepted: the stream was open (checked above, under _lock).
                 self._terminal.fail(
                     BufferOverflowError(
                         f"{self.name}: buffer of {self._capacity} is full "
-                        f"({stats.produced} produced, {stats.delivered} delivered)"
+                        f"({self._delivered + self._fold_overflowed_locked() + size} "
+                        f"produced, {self._delivered} delivered)"
                     ),
                     eager=self.error_ahead,
                 )
@@ -611,22 +883,18 @@ class PushBuffer(Generic[T]):
                     queue.clear()
                     if stamps is not None:
                         stamps.clear()
-                stats.depth = len(queue)
-                return OfferResult.FAILED
+                return _FAILED
         queue.append(item)
         if stamps is not None:
             stamps.append(self._clock())
-        depth = len(queue)
-        stats.depth = depth
-        if depth > stats.peak_depth:
-            stats.peak_depth = depth
-        return OfferResult.ENQUEUED
+        if size >= self._peak:
+            self._peak = size + 1
+        return _ENQUEUED
 
     def _count_drop(self, item: T, reason: str, dropped: list[T] | None) -> None:
-        stats = self.stats
-        stats.dropped += 1
-        by_reason = stats.dropped_by_reason
-        by_reason[reason] = by_reason.get(reason, 0) + 1
+        self._dropped += 1
+        reasons = self._reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
         if dropped is not None:  # a list only when there is an on_dropped to call
             dropped.append(item)
 
@@ -649,7 +917,6 @@ class PushBuffer(Generic[T]):
         while stamps and stamps[0] <= deadline:
             stamps.popleft()
             self._count_drop(queue.popleft(), "ttl", dropped)
-        self.stats.depth = len(queue)
 
     def expire(self) -> int:
         """Drop (reason ``"ttl"``) every item older than the ttl; return how many."""
@@ -683,7 +950,6 @@ class PushBuffer(Generic[T]):
         with self._lock:
             if self._refusing():
                 return
-            self.stats.produced += 1
             self._count_drop(item, reason, dropped)
         self._report_dropped(dropped)
 
@@ -714,7 +980,7 @@ class PushBuffer(Generic[T]):
                 if reason is None:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        self.stats.refused += 1
+                        self._refused += 1
                         return OfferResult.FULL
                     self._waiters += 1
                     try:
@@ -815,7 +1081,6 @@ class PushBuffer(Generic[T]):
             if eager:
                 while self._queue:
                     self._count_drop(self._queue.popleft(), "error_ahead", dropped)
-                self.stats.depth = 0
                 if self._stamps is not None:
                     self._stamps.clear()
         self._report_dropped(dropped)
@@ -851,12 +1116,24 @@ class PushBuffer(Generic[T]):
                     self._missed = True  # the running loop will look again (Rule 3.3)
                 elif self._actual is not None:
                     self._draining = drain = True
-                    self._drain_thread = _get_ident()
+                    if self._waits:
+                        self._drain_thread = _get_ident()
                     self._missed = False
                     if queue and terminal._ending is None and self._stamps is None:
                         # The loop's first delivery, made here (one pass fewer):
                         # the oldest item, against the demand just added.
-                        item = self._take_one_locked()
+                        # (Producers waiting for room were woken above.)
+                        item = queue.popleft()
+                        requested = self._requested
+                        if requested != UNBOUNDED:
+                            self._requested = requested - 1
+                        self._delivered += 1
+                        since = self._pressure_since
+                        if since is not None:  # the spell ends once there is room
+                            size = len(queue)
+                            if size < self._capacity or size < self._requested:
+                                self._pressure_seconds += time.monotonic() - since
+                                self._pressure_since = None
         if item is not None:
             actual = self._actual
             assert actual is not None  # the owner's subscriber is released only by the owner
@@ -901,7 +1178,6 @@ class PushBuffer(Generic[T]):
             if self._terminal.fail(error, eager=True, quiet=True):  # Rule 3.6 once ended
                 while self._queue:
                     self._count_drop(self._queue.popleft(), "cancelled", dropped)
-                self.stats.depth = 0
                 if self._stamps is not None:
                     self._stamps.clear()
                 self._requested = 0
@@ -918,7 +1194,6 @@ class PushBuffer(Generic[T]):
                 return  # Rule 3.7
             while self._queue:
                 self._count_drop(self._queue.popleft(), "cancelled", dropped)
-            self.stats.depth = 0
             if self._stamps is not None:
                 self._stamps.clear()
             self._wake_producers_locked()
@@ -960,7 +1235,6 @@ class PushBuffer(Generic[T]):
         actual = self._actual
         lock = self._lock
         terminal = self._terminal
-        stats = self.stats
         queue = self._queue
         while True:
             expired: list[T] | None = None
@@ -984,14 +1258,15 @@ class PushBuffer(Generic[T]):
                         for _ in range(n):
                             self._stamps.popleft()
                     self._requested = produced(requested, n)
-                    stats.delivered += n
-                    stats.depth = len(queue)
+                    self._delivered += n
                     if self._waiters or self._async_waiters:
                         self._wake_producers_locked()
-                    if stats._backpressured_since is not None:
+                    since = self._pressure_since
+                    if since is not None:  # the spell ends once there is room
                         size = len(queue)  # _room_locked(), inlined
                         if size < self._capacity or size < self._requested:
-                            stats.pressure_ended(time.monotonic())
+                            self._pressure_seconds += max(0.0, time.monotonic() - since)
+                            self._pressure_since = None
             if expired:
                 self._report_dropped(expired)
             if self.water_marks is not None and (n or expired):
@@ -1059,13 +1334,15 @@ class PushBuffer(Generic[T]):
             return
         dropped: list[T] = []
         with self._lock:
-            self.stats.delivered -= len(items)
+            self._delivered -= len(items)
             for item in items:
                 self._count_drop(item, "cancelled", dropped)
         self._report_dropped(dropped)
 
     def __repr__(self) -> str:
-        return f"<PushBuffer {self.name} {self.stats.snapshot()}>"
+        # Never through ``stats``: a repr may be taken under _lock (a late error
+        # reported by the terminal), and reading stats takes _lock.
+        return f"<PushBuffer {self.name} {self._counters()}>"
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -2,11 +2,13 @@
 
 Two mechanisms, shared by every strategy operator:
 
-* ``_BufferSubscriber`` puts a ``PushBuffer`` between an upstream that is
+* ``_BufferSubscriber`` is a ``PushBuffer`` between an upstream that is
   asked for everything (``request(UNBOUNDED)``, "unbounded-in", like Reactor
-  and RxJava's ``onBackpressure*``) and the downstream subscriber. The buffer's
+  and RxJava's ``onBackpressure*``) and the downstream subscriber: upstream's
+  subscriber and downstream's subscription in one object, whose ``on_next``
+  is the buffer's ``offer`` (one call per item). The buffer's
   ``OverflowStrategy`` decides; it counts every item (produced == delivered +
-  dropped + depth, at every moment) and hands every dropped item, the one
+  dropped + depth, at every read) and hands every dropped item, the one
   that actually left, to ``on_dropped``. ``on_backpressure_buffer``,
   ``_unbounded``, ``_drop``, ``_latest``, ``_error`` and ``sample_adaptive``
   are this class with different buffer settings.
@@ -18,7 +20,11 @@ Two mechanisms, shared by every strategy operator:
   items reach downstream only from the drain loop, against demand, so none of
   these operators ever fails for "lack of requests".
 
-Both keep a ``BufferStats`` per subscription; pass ``meter=`` to read it.
+Both keep a ``BufferStats`` per subscription; pass ``meter=`` to read it
+(without a meter nobody can, so the backpressure clock is not read). Every
+timer they schedule is a ``RejectableAction``: a pool that shut down before it
+ran fails the stream with ``RejectedExecutionError`` instead of leaving it
+waiting.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Generic, TypeVar, final
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, final
 
 from typing_extensions import override
 
@@ -36,10 +42,17 @@ from .._core._arbiter import cancel_quietly
 from .._core._demand import UNBOUNDED
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED
-from .._core._push import BufferStats, OfferResult, OverflowStrategy, PushBuffer, WaterMarks
+from .._core._push import (
+    BufferStats,
+    OfferResult,
+    OverflowStrategy,
+    PushBuffer,
+    WaterMarks,
+    synced_stats,
+)
 from .._core._queue_drain import QueueDrain
 from ..schedulers import ImmediateScheduler
-from ..schedulers._base import check_delay
+from ..schedulers._base import RejectableAction, check_delay
 from ._lift import LiftFlow
 
 if TYPE_CHECKING:
@@ -117,25 +130,34 @@ class _BufferSpec(Generic[T]):
         self.scheduler = default_scheduler(scheduler)
         self.water_marks = water_marks
         self.meter = meter
-        self.build()  # validate now: a bad argument is the caller's error, not the stream's
-
-    def build(self, on_dropped: Callable[[T], object] | None = None) -> PushBuffer[T]:
-        return PushBuffer(
+        # Validate now: a bad argument is the caller's error, not the stream's.
+        PushBuffer(
             None,
-            self.capacity,
-            self.overflow,
-            on_dropped,
-            name=self.name,
-            error_ahead=self.error_ahead,
-            zero_capacity=self.zero_capacity,
+            capacity,
+            overflow,
+            name=name,
+            zero_capacity=zero_capacity,
             ttl=self.ttl,
-            clock=self.scheduler.now,
-            water_marks=self.water_marks,
+            water_marks=water_marks,
         )
 
+    def subscriber(self, actual: Subscriber[T]) -> _BufferSubscriber[T]:
+        """The operator for one subscription (``LiftFlow``'s factory)."""
+        if self.ttl is not None or self.overflow is OverflowStrategy.ERROR:
+            return _CheckedBufferSubscriber(actual, self)
+        return _BufferSubscriber(actual, self)
 
-class _BufferSubscriber(Generic[T]):
-    """Upstream's subscriber: requests everything and offers each item into a ``PushBuffer``.
+
+class _BufferSubscriber(PushBuffer[T]):
+    """A ``PushBuffer`` that is also upstream's subscriber: it requests everything and
+    its ``on_next`` *is* ``offer`` (one call per item on the saturated path).
+
+    ::
+
+        upstream:   --1--2--3--4--5--|            (asked for UNBOUNDED)
+        request:    (1)          (2)
+        buffer(2, DROP_OLDEST)
+        downstream: --1----------4--5--|          (2, 3 dropped: counted, on_dropped)
 
     Demand: ``request(UNBOUNDED)`` upstream once downstream has its
     subscription; downstream demand is the buffer's (Rules 3.8, 3.9, 3.17).
@@ -147,41 +169,60 @@ class _BufferSubscriber(Generic[T]):
     ahead of them). An ``ERROR`` overflow cancels upstream at once; the
     buffer delivers ``BufferOverflowError`` after the items it holds. A
     raising ``on_dropped`` cancels upstream and fails the stream ahead of
-    the buffered items (the callback is not called again).
+    the buffered items (the callback is not called again); so does a ttl
+    sweep that the scheduler drops (a pool that shut down).
+
+    Example:
+        >>> from reactive_bp import Flow
+        >>> from reactive_bp.testing import TestSubscriber
+        >>> subscriber = TestSubscriber(0)
+        >>> Flow.range(5).on_backpressure_buffer(2).subscribe(subscriber)
+        >>> subscriber.request(5)
+        >>> subscriber.items, subscriber.completed
+        ([0, 1], False)
     """
 
     __slots__ = (
-        "_actual",
-        "_buffer",
+        "_downstream",
         "_failed",
-        "_on_dropped",
         "_scheduler",
         "_timer",
         "_timer_lock",
+        "_ttl_sweep",
         "_upstream",
+        "_user_on_dropped",
     )
 
     def __init__(self, actual: Subscriber[T], spec: _BufferSpec[T]) -> None:
-        self._on_dropped = spec.on_dropped
+        self._user_on_dropped = spec.on_dropped
         self._failed = False
-        callback = None if spec.on_dropped is None else self._dropped
-        self._buffer: PushBuffer[T] = spec.build(callback)
-        # Invariant: the subscriber until on_subscribe hands it to the buffer,
-        # None after (the buffer alone holds it, and drops it on cancel: Rule 3.13).
-        self._actual: Subscriber[T] | None = actual
+        super().__init__(
+            None,
+            spec.capacity,
+            spec.overflow,
+            None if spec.on_dropped is None else self._item_dropped,
+            name=spec.name,
+            error_ahead=spec.error_ahead,
+            zero_capacity=spec.zero_capacity,
+            ttl=spec.ttl,
+            clock=spec.scheduler.now,
+            water_marks=spec.water_marks,
+            # Nobody can read the stats without a meter: no clock reads for them.
+            timed=spec.meter is not None,
+        )
+        # Invariant: the subscriber until on_subscribe attaches it, None after
+        # (the buffer alone holds it, and drops it on cancel: Rule 3.13).
+        self._downstream: Subscriber[T] | None = actual
         if spec.meter is not None:
-            spec.meter.attach(self._buffer.stats)
+            spec.meter.attach(self.stats)
         # Invariant: CANCELLED until on_subscribe; the one upstream after.
         self._upstream: Subscription = CANCELLED
         self._scheduler = spec.scheduler
         self._timer_lock = threading.Lock()
         # Guarded by _timer_lock: the pending ttl sweep, if any.
         self._timer: Cancellable | None = None
-
-    @property
-    def stats(self) -> BufferStats:
-        """This subscription's counters."""
-        return self._buffer.stats
+        # What every sweep runs: one object, reused.
+        self._ttl_sweep = RejectableAction(self._sweep, self._sweep_rejected)
 
     @final
     def on_subscribe(self, subscription: Subscription) -> None:
@@ -191,35 +232,38 @@ class _BufferSubscriber(Generic[T]):
         if self._upstream is not CANCELLED:
             cancel_quietly(subscription)  # Rule 2.5
             report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                self._buffer.name,
+                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"), self.name
             )
             return
         self._upstream = subscription
-        self._buffer.on_cancel(self._cancel_upstream)
-        actual, self._actual = self._actual, None
+        self.on_cancel(self._cancel_upstream)
+        actual, self._downstream = self._downstream, None
         assert actual is not None  # a second on_subscribe returned above (Rule 2.5)
-        self._buffer.attach(actual)
-        if not self._buffer.is_closed:
+        self.attach(actual)
+        if not self.is_closed:
             subscription.request(UNBOUNDED)
 
-    def on_next(self, item: T) -> None:
-        """Offer ``item``; an ``ERROR`` overflow cancels upstream."""
-        result = self._buffer.offer(item)  # raises TypeError for None (Rule 2.13)
-        if result is OfferResult.FAILED:
-            self._cancel_upstream()
-        elif result is OfferResult.ENQUEUED and self._buffer._ttl is not None:
-            self._arm_ttl()
+    if TYPE_CHECKING:
 
+        def on_next(self, item: T) -> None:
+            """Offer ``item`` (``None`` raises ``TypeError``, Rule 2.13)."""
+
+    else:
+        # The hot path: upstream's on_next is the buffer's offer itself, no
+        # call in between (the OfferResult it returns is ignored by callers).
+        on_next = PushBuffer.offer
+
+    @final
     def on_error(self, error: Exception) -> None:
         """Fail the buffer (after its items, or ahead of them with ``error_ahead``)."""
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
-        self._buffer.error(error)
+        self.error(error)
 
+    @final
     def on_complete(self) -> None:
         """Complete once the buffered items are delivered."""
-        self._buffer.complete()
+        self.complete()
 
     def _cancel_upstream(self) -> None:
         cancel_quietly(self._upstream)
@@ -228,42 +272,73 @@ class _BufferSubscriber(Generic[T]):
         if timer is not None:
             timer.cancel()
 
-    def _dropped(self, item: T) -> None:
-        on_dropped = self._on_dropped
+    def _item_dropped(self, item: T) -> None:
+        on_dropped = self._user_on_dropped
         if self._failed or on_dropped is None:
             return
         try:
             on_dropped(item)
         except Exception as fault:
-            self._failed = True
-            self._cancel_upstream()
-            self._buffer.error_ahead = True
-            self._buffer.error(fault, supersede=True)  # the operator's own failure cuts ahead
+            self._fail_ahead(fault)
+
+    def _fail_ahead(self, fault: Exception) -> None:
+        """The operator's own failure: cancel upstream, fail ahead of the buffered items."""
+        self._failed = True
+        self._cancel_upstream()
+        self.error_ahead = True
+        self.error(fault, supersede=True)  # the operator's own failure cuts ahead
 
     def _arm_ttl(self) -> None:
         """Keep one sweep scheduled for when the oldest item expires."""
-        buffer = self._buffer
         with self._timer_lock:
-            if self._timer is not None or buffer.is_cancelled:
+            if self._timer is not None or self.is_cancelled:
                 return
-            expiry = buffer.next_expiry
+            expiry = self.next_expiry
             if expiry is None:
                 return
             delay = max(0.0, expiry - self._scheduler.now())
-            self._timer = self._scheduler.schedule_after(delay, self._sweep)
+            try:
+                self._timer = self._scheduler.schedule_after(delay, self._ttl_sweep)
+                return
+            except Exception as error:  # e.g. a closed event loop: never out of on_next
+                refused = error
+        self._sweep_rejected(refused)
 
     def _sweep(self) -> None:
         with self._timer_lock:
             self._timer = None
-        self._buffer.expire()
+        self.expire()
         self._arm_ttl()
 
+    def _sweep_rejected(self, error: Exception) -> None:
+        """The scheduler dropped the sweep (it shut down): the ttl cannot be kept."""
+        with self._timer_lock:
+            self._timer = None
+        if not self._failed and not self.is_cancelled:  # an ended stream waits for no sweep
+            self._fail_ahead(error)
+
+    @override
     def __repr__(self) -> str:
-        return f"<{self._buffer.name} {self._buffer.stats.snapshot()}>"
+        return f"<{self.name} {self._counters()}>"
+
+
+class _CheckedBufferSubscriber(_BufferSubscriber[T]):
+    """``_BufferSubscriber`` for an ``ERROR`` overflow or a ttl: ``on_next`` acts on the answer."""
+
+    __slots__ = ()
+
+    @override
+    def on_next(self, item: T) -> None:
+        """Offer ``item``; an ``ERROR`` overflow cancels upstream, a held item arms the ttl."""
+        result = self.offer(item)  # raises TypeError for None (Rule 2.13)
+        if result is OfferResult.FAILED:
+            self._cancel_upstream()
+        elif result is OfferResult.ENQUEUED and self._ttl is not None:
+            self._arm_ttl()
 
 
 def _buffer_flow(source: Flow[T], spec: _BufferSpec[T]) -> Flow[T]:
-    return LiftFlow(source, partial(_BufferSubscriber, spec=spec), spec.name)
+    return LiftFlow(source, spec.subscriber, spec.name)
 
 
 def on_backpressure_buffer(
@@ -376,6 +451,16 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
       next, and whether nothing more will ever be delivered (defaults: the
       ``_ready`` queue).
     * ``hook_emitted(count)``: ``count`` items went downstream (outside any lock).
+    * ``lazy_stats`` / ``_flush_stats_locked()``: a policy whose per-item
+      path only counts dropped items aside (``sample``) sets ``lazy_stats``.
+      It never counts ``produced`` (derived: delivered + dropped + depth),
+      and while it has counts aside it arms ``stats._sync =
+      self._sync_stats``, so reading ``produced``, ``dropped`` or
+      ``dropped_by_reason`` first folds them in (``_flush_stats_locked``,
+      under ``_state``).
+    * ``on_next`` may be replaced by a fused version on a hot path (``sample``):
+      it must make the same checks (Rule 2.13, nothing after cancel or the
+      ending, a raising policy becomes ``_fail``) in one call.
 
     Demand: items leave only through the drain loop, at most as many as
     downstream requested (Rule 1.1); ``request`` and ``cancel`` are
@@ -393,10 +478,30 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
         "_clock",
         "_ready",
         "_state",
+        "_timed",
         "_timers",
         "_upstream",
         "stats",
     )
+
+    lazy_stats: ClassVar[bool] = False
+    """Whether ``_flush_stats_locked`` must run before the stats are read."""
+
+    # Set per subclass (__init_subclass__): whether it keeps the default
+    # _budget_locked/_take_locked/_idle_locked (hook_drain then inlines them),
+    # and whether it overrides hook_emitted (else the drain does not call it).
+    _plain_ready: ClassVar[bool] = True
+    _hears_emitted: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        base = StrategySubscriber
+        cls._plain_ready = (
+            cls._budget_locked is base._budget_locked
+            and cls._take_locked is base._take_locked
+            and cls._idle_locked is base._idle_locked
+        )
+        cls._hears_emitted = cls.hook_emitted is not base.hook_emitted
 
     def __init__(
         self,
@@ -416,7 +521,15 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
         self._clock = clock
         # Invariant: CANCELLED until on_subscribe.
         self._upstream: Subscription = CANCELLED
-        self.stats = BufferStats(capacity)
+        # With lazy_stats the counters of dropped items sync on read, once the
+        # policy arms them (stats._sync = self._sync_stats) with counts aside.
+        self.stats = (
+            synced_stats(capacity, None, drops_only=True)
+            if self.lazy_stats
+            else BufferStats(capacity)
+        )
+        # Backpressure time is measured only for a meter: nobody else can read it.
+        self._timed = meter is not None
         if meter is not None:
             meter.attach(self.stats)
 
@@ -430,7 +543,6 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
         self._upstream = subscription
         self._hand_downstream(subscription, self.hook_start)
 
-    @final
     def on_next(self, item: T) -> None:
         """Apply the policy to ``item``, then drain."""
         if item is None:
@@ -543,38 +655,80 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
     def hook_clear_locked(self, reason: str) -> None:
         """Count what the policy holds outside ``_ready`` as dropped for ``reason``."""
 
+    def _flush_stats_locked(self) -> None:
+        """Fold counts kept aside into ``stats`` (under ``_state``; with ``lazy_stats``)."""
+
+    def _sync_stats(self) -> None:
+        with self._state:
+            self._flush_stats_locked()
+
+    def _rejected(self, error: Exception) -> None:
+        """The scheduler dropped one of our timers unrun (it shut down): fail the stream.
+
+        A timer is what some held item or batch waits for, so without it the
+        subscriber would wait forever. Too late once the operator halted.
+        """
+        if not self._halted and not self._terminal.is_closed:
+            self._fail(error)
+
     # -- QueueDrain ------------------------------------------------------------------------
 
     @override
     def hook_drain(self, actual: Subscriber[R], requested: int) -> int:
         emitted = 0
         stats = self.stats
-        while not self._halted:
-            with self._state:
-                budget = self._budget_locked(requested - emitted)
-                if budget <= 0:
-                    break
-                taken = self._take_locked(budget)
-                if taken is None:
-                    break
-                item, weight = taken
-                stats.delivered += weight
-                self._held(-weight)
-            actual.on_next(item)
-            emitted += 1
-        if emitted:
+        state = self._state
+        if self._plain_ready:
+            # The default policy hooks, inlined: take from _ready while asked.
+            ready = self._ready
+            while emitted < requested and not self._halted:
+                with state:
+                    if not ready:
+                        break
+                    item, weight = ready.popleft()
+                    stats.delivered += weight
+                    stats.depth -= weight  # _held(-weight): a fall never moves the peak
+                actual.on_next(item)
+                emitted += 1
+        else:
+            while not self._halted:
+                with state:
+                    budget = self._budget_locked(requested - emitted)
+                    if budget <= 0:
+                        break
+                    taken = self._take_locked(budget)
+                    if taken is None:
+                        break
+                    item, weight = taken
+                    stats.delivered += weight
+                    self._held(-weight)
+                actual.on_next(item)
+                emitted += 1
+        if emitted and self._hears_emitted:
             self.hook_emitted(emitted)
-        with self._state:
-            idle = self._idle_locked()
-            finished = self._upstream_done and idle
-            now = self._clock()
-            if idle or emitted < requested:
-                stats.pressure_ended(now)
-            else:
-                stats.pressure_started(now)  # held items wait for demand
+        if self._plain_ready and not self._timed:
+            # No lock: the ending is read before _ready, and completion records
+            # it in the critical section that makes the last items ready, so
+            # "ended and nothing ready", read in this order, is final.
+            finished = self._terminal._ending is not None and not self._ready
+        else:
+            finished = self._finished_locked(stats, emitted < requested)
         if finished and not self._halted:
             self._terminate(actual)  # an error recorded meanwhile wins
         return emitted
+
+    def _finished_locked(self, stats: BufferStats, short: bool) -> bool:
+        """Whether the stream is over (ended, nothing held); times the wait for a meter."""
+        with self._state:
+            idle = not self._ready if self._plain_ready else self._idle_locked()
+            finished = idle and self._terminal._ending is not None  # _upstream_done, inlined
+            if self._timed:
+                now = self._clock()
+                if idle or short:
+                    stats.pressure_ended(now)
+                else:
+                    stats.pressure_started(now)  # held items wait for demand
+        return finished
 
     @override
     def hook_cancel_upstreams(self) -> None:
@@ -590,7 +744,8 @@ class StrategySubscriber(QueueDrain[R], Generic[T, R]):
                 self._held(-weight)
             self._ready.clear()
             self.hook_clear_locked(reason)
-            self.stats.pressure_ended(self._clock())
+            if self._timed:
+                self.stats.pressure_ended(self._clock())
         self._dispose_timers()
 
     def _dispose_timers(self) -> None:
@@ -617,7 +772,10 @@ class TimedStrategySubscriber(StrategySubscriber[T, R]):
 
     @override
     def _after(self, delay: float, action: Callable[[], object]) -> Cancellable:
-        return self._track(self._scheduler.schedule_after(max(0.0, delay), action))
+        # Rejectable: a pool that shut down before the timer came due fails
+        # the stream (RejectedExecutionError) instead of leaving it waiting.
+        timer = RejectableAction(action, self._rejected)
+        return self._track(self._scheduler.schedule_after(max(0.0, delay), timer))
 
 
 # -- on_backpressure_reduce ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing_extensions import override
 from .._core._demand import multiply_cap
 from .._core._operator import OperatorSubscriber
 from .._core._push import BufferStats, OfferResult, OverflowStrategy
-from ..schedulers._base import check_delay
+from ..schedulers._base import RejectableAction, check_delay
 from ._backpressure import (
     TimedStrategySubscriber,
     _BufferSpec,
@@ -103,9 +103,32 @@ class _LatestHolder(TimedStrategySubscriber[T, T]):
 
 
 class _Sample(_LatestHolder[T]):
-    """Keeps the newest item; each tick makes it ready; ready waits for demand."""
+    """Keeps the newest item; each tick makes it ready; ready waits for demand.
 
-    __slots__ = ()
+    The hot path is ``on_next`` (fused: one call, one lock per item): an item
+    that replaces the held one is only counted aside (``_sampled``), folded
+    into the stats at each tick, at the end, and before any read of them.
+    Arrivals are not counted at all: ``produced`` is delivered + dropped +
+    depth (``lazy_stats``), and every arrival is one of those.
+    """
+
+    __slots__ = ("_sampled", "_sync_hook")
+
+    lazy_stats = True
+
+    def __init__(
+        self,
+        actual: Subscriber[T],
+        period: float,
+        emit_last: bool,
+        scheduler: Scheduler,
+        meter: BackpressureMeter | None,
+    ) -> None:
+        # Guarded by _state: items that replaced the held one, counted aside
+        # until folded into the stats (dropped as "sampled").
+        self._sampled = 0
+        super().__init__(actual, period, emit_last, scheduler, meter)
+        self._sync_hook = self._sync_stats  # bound once: armed once per period
 
     @override
     def hook_start(self) -> None:
@@ -114,30 +137,76 @@ class _Sample(_LatestHolder[T]):
         # would never tick while the source runs. Ticks on the timer thread
         # and items on the source thread meet under _state; cancel (and
         # completion) dispose the tracked timer, and _track cancels it at once
-        # if the operator already halted.
-        self._track(self._scheduler.schedule_periodic(self._period, self._tick))
+        # if the operator already halted. A tick the scheduler drops (a pool
+        # that shut down) fails the stream (Periodic hands it to _rejected).
+        tick = RejectableAction(self._tick, self._rejected)
+        self._track(self._scheduler.schedule_periodic(self._period, tick))
         super().hook_start()
 
     @override
-    def hook_item(self, item: T) -> bool:
+    def on_next(self, item: T) -> None:
+        """Hold ``item`` as the newest (the held one is sampled away); a tick releases it."""
+        if item is None:
+            raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
         with self._state:
-            stats = self.stats
-            stats.produced += 1
-            if self._latest is None:
-                self._held(1)
-            else:
-                stats.count_drop("sampled")
+            if self._latest is not None:
+                # Cancel and an eager error set _halted; completion clears _latest.
+                if not self._halted:
+                    self._latest = item
+                    self._sampled += 1
+                return
+            if self._halted or self._terminal._ending is not None:
+                return  # Rule 2.8: after cancel, or after upstream's own ending
             self._latest = item
-        return False  # only a tick makes it deliverable
+            stats = self.stats  # depth and peak are plain counters (drops_only)
+            depth = stats.depth + 1
+            stats.depth = depth
+            if depth > stats.peak_depth:
+                stats.peak_depth = depth
+            # Invariant (under _state): the stats are armed while an item is
+            # held, i.e. whenever counts may be aside (reads then fold them in).
+            stats._sync = self._sync_hook
+
+    @override
+    def _flush_stats_locked(self) -> None:
+        sampled = self._sampled
+        if sampled:
+            self._sampled = 0  # first: count_drop reads through this flush
+            self.stats.count_drop("sampled", sampled)
 
     def _tick(self) -> None:
         with self._state:
-            if self._latest is None or self._halted:
+            latest = self._latest
+            if latest is None or self._halted:
                 return
-            latest, self._latest = self._latest, None
-            # A sample still waiting for demand is replaced by the newer one.
-            self._replace_ready_locked(latest, "stale")
-        self._schedule()
+            self._latest = None
+            stats = self.stats
+            stats._sync = None  # plain reads from here: nothing will be aside
+            self._flush_stats_locked()
+            ready = self._ready
+            if ready:  # _replace_ready_locked(): a sample still waiting is replaced
+                ready.pop()
+                stats.count_drop("stale")
+                stats.depth -= 1
+            ready.append((latest, 1))
+        # Only demand can take it now; without any, a later request drains it
+        # (a pass still runs for a meter: it starts timing the wait). A racy
+        # read: a request raises _requested before its pass looks at _ready,
+        # so either that pass sees the item or this read sees the demand.
+        if self._requested or self._timed:
+            self._schedule()
+
+    @override
+    def hook_upstream_complete(self) -> None:
+        self.stats._sync = None
+        self._flush_stats_locked()
+        super().hook_upstream_complete()
+
+    @override
+    def hook_clear_locked(self, reason: str) -> None:
+        self.stats._sync = None
+        self._flush_stats_locked()
+        super().hook_clear_locked(reason)
 
 
 def sample(
@@ -667,7 +736,7 @@ class _AdaptiveSubscriber(_BufferSubscriber[T]):
     kept item that finds the buffer full is dropped as ``"drop_newest"``.
     """
 
-    __slots__ = ("_base", "_capacity", "_floor", "_random", "_threshold", "keep_rate")
+    __slots__ = ("_base", "_floor", "_random", "_threshold", "keep_rate")
 
     def __init__(
         self,
@@ -679,7 +748,6 @@ class _AdaptiveSubscriber(_BufferSubscriber[T]):
         rng: _random.Random | None,
     ) -> None:
         super().__init__(actual, spec)
-        self._capacity = spec.capacity
         self._base = base_rate
         self._floor = floor_rate
         self._threshold = threshold
@@ -691,15 +759,14 @@ class _AdaptiveSubscriber(_BufferSubscriber[T]):
     def on_next(self, item: T) -> None:
         if item is None:
             raise TypeError("Rule 2.13: on_next(None) is not allowed; None is not an item")
-        buffer = self._buffer
-        load = buffer.stats.depth / self._capacity
+        load = self.depth / self._capacity
         rate = adaptive_keep_rate(load, self._base, self._floor, self._threshold)
         self.keep_rate = rate
         if rate >= 1.0 or self._random.random() < rate:
-            if buffer.offer(item) is OfferResult.FAILED:  # pragma: no cover - DROP_NEWEST
+            if self.offer(item) is OfferResult.FAILED:  # pragma: no cover - DROP_NEWEST
                 self._cancel_upstream()
         else:
-            buffer.discard(item, "sampled")
+            self.discard(item, "sampled")
 
 
 def sample_adaptive(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import gc
 import random
+import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from reactive_bp import (
     UNBOUNDED,
     BackpressureMeter,
     BufferOverflowError,
+    BufferStats,
     Emitter,
     Flow,
     OverflowStrategy,
@@ -467,3 +469,193 @@ def test_cancel_releases_the_subscriber(name: str, apply: Callable[[Flow[int]], 
     gc.collect()
     assert gone() is None, f"{name} keeps the subscriber reachable after cancel"
     assert subscription is not None
+
+
+# -- the fast paths: hand-off, inline overflow, lazy counters, under races -------------------
+
+_STRATEGIES: list[tuple[str, Callable[[Flow[int]], Flow[int]], int | None]] = [
+    ("buffer_drop_oldest", lambda f: f.on_backpressure_buffer(4, OverflowStrategy.DROP_OLDEST), 4),
+    ("buffer_latest", lambda f: f.on_backpressure_buffer(3, OverflowStrategy.LATEST), 3),
+    ("buffer_drop_newest", lambda f: f.on_backpressure_buffer(4, OverflowStrategy.DROP_NEWEST), 4),
+    ("latest", lambda f: f.on_backpressure_latest(), 1),
+    ("drop", lambda f: f.on_backpressure_drop(), 0),
+    ("unbounded", lambda f: f.on_backpressure_buffer_unbounded(), None),
+]
+_STRATEGY_IDS = [name for name, _, _ in _STRATEGIES]
+
+
+def _stats_of(subscriber: TestSubscriber[int]) -> BufferStats:
+    """The operator's stats without a meter: the operator is the subscription."""
+    stats = getattr(subscriber.subscription, "stats", None)
+    assert isinstance(stats, BufferStats)
+    return stats
+
+
+def _assert_accounted(
+    snapshot: dict[str, object], capacity: int | None, requested: int = 0
+) -> None:
+    produced, delivered, dropped, depth = (
+        snapshot["produced"],
+        snapshot["delivered"],
+        snapshot["dropped"],
+        snapshot["depth"],
+    )
+    assert isinstance(produced, int) and isinstance(delivered, int)
+    assert isinstance(dropped, int) and isinstance(depth, int)
+    assert produced == delivered + dropped + depth, snapshot
+    by_reason = snapshot["dropped_by_reason"]
+    assert isinstance(by_reason, dict) and sum(by_reason.values()) == dropped, snapshot
+    if capacity is not None:  # beyond capacity only while a running loop owes demand
+        assert depth <= max(capacity, requested), snapshot
+
+
+@pytest.mark.parametrize(("name", "apply", "capacity"), _STRATEGIES, ids=_STRATEGY_IDS)
+def test_saturation_without_a_meter_counts_exactly_at_every_read(
+    name: str, apply: Callable[[Flow[int]], Flow[int]], capacity: int | None
+) -> None:
+    # Overflow drops are only counted aside on this path; every read must fold
+    # them in (a stale read would break produced == delivered + dropped + depth).
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    apply(upstream).subscribe(subscriber)
+    stats = _stats_of(subscriber)
+    for i in range(0, 60, 3):
+        upstream.send_next(i, i + 1)
+        assert stats.produced == i + 2  # a read of one counter is exact too
+        _assert_accounted(stats.snapshot(), capacity)
+        subscriber.request(1)
+        upstream.send_next(i + 2)
+        _assert_accounted(stats.snapshot(), capacity)
+    assert stats.delivered == len(subscriber.items) == 20
+    assert subscriber.items == sorted(set(subscriber.items))
+    assert stats.peak_depth == (40 if capacity is None else capacity)
+    upstream.send_complete()
+    subscriber.request(UNBOUNDED)
+    assert subscriber.completed
+    _assert_accounted(stats.snapshot(), capacity)
+    subscriber.assert_clean()
+
+
+class _ReentrantSubscriber(TestSubscriber[int]):
+    """Sends the next upstream item from inside ``on_next`` (the loop owner's thread)."""
+
+    def __init__(self, upstream: TestPublisher[int], last: int) -> None:
+        super().__init__(UNBOUNDED)
+        self.upstream = upstream
+        self.last = last
+        self.depth = 0
+        self.max_depth = 0
+
+    def on_next(self, item: int) -> None:
+        self.depth += 1
+        self.max_depth = max(self.max_depth, self.depth)
+        super().on_next(item)
+        if item < self.last:
+            self.upstream.send_next(item + 1)  # an offer while this thread owns the loop
+        self.depth -= 1
+
+
+@pytest.mark.parametrize(("name", "apply", "capacity"), _STRATEGIES, ids=_STRATEGY_IDS)
+def test_an_offer_from_inside_a_hand_off_is_queued_not_nested(
+    name: str, apply: Callable[[Flow[int]], Flow[int]], capacity: int | None
+) -> None:
+    """Rule 1.3 / 3.3: the hand-off owns the loop; a nested offer waits for it to return."""
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber = _ReentrantSubscriber(upstream, 50)
+    apply(upstream).subscribe(subscriber)
+    upstream.send_next(0)
+    assert subscriber.items == list(range(51))
+    assert subscriber.max_depth == 1
+    _assert_accounted(_stats_of(subscriber).snapshot(), capacity)
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+class _SerialCheckingSubscriber(TestSubscriber[int]):
+    """Records an overlap of ``on_next`` calls (Rule 1.3) instead of relying on luck."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.inside = False
+        self.overlaps = 0
+
+    def on_next(self, item: int) -> None:
+        if self.inside:
+            self.overlaps += 1
+        self.inside = True
+        super().on_next(item)
+        self.inside = False
+
+
+def _race_once(
+    apply: Callable[[Flow[int]], Flow[int]], capacity: int | None, grants: list[int]
+) -> None:
+    """One run: a producer thread, a requesting thread and a stats reader, raced."""
+    upstream: TestPublisher[int] = TestPublisher()
+    subscriber = _SerialCheckingSubscriber()
+    apply(upstream).subscribe(subscriber)
+    stats = _stats_of(subscriber)
+    sent = 200
+    snapshots: list[dict[str, object]] = []
+    done = threading.Event()
+    start = threading.Barrier(3)
+
+    def produce() -> None:
+        start.wait()
+        for i in range(sent):
+            upstream.send_next(i)
+
+    def grant() -> None:
+        start.wait()
+        for n in grants:
+            subscriber.request(n)
+
+    def read() -> None:
+        start.wait()
+        while not done.is_set():
+            snapshots.append(stats.snapshot())
+
+    workers = [threading.Thread(target=produce), threading.Thread(target=grant)]
+    reader = threading.Thread(target=read)
+    for thread in [*workers, reader]:
+        thread.start()
+    for thread in workers:
+        thread.join(10)
+    done.set()
+    reader.join(10)
+    assert subscriber.overlaps == 0, "overlapping on_next (Rule 1.3)"
+    items = subscriber.items
+    assert items == sorted(set(items)), "out of order or repeated"
+    assert len(items) <= sum(grants), "beyond demand (Rule 1.1)"
+    final = stats.snapshot()
+    for snapshot in [*snapshots, final]:
+        _assert_accounted(snapshot, capacity, sum(grants))
+    assert final["produced"] == sent and final["delivered"] == len(items)
+    if len(items) < sum(grants):
+        assert final["depth"] == 0, "an item waits while demand is outstanding"
+    subscriber.assert_clean()
+
+
+@pytest.mark.parametrize(("name", "apply", "capacity"), _STRATEGIES, ids=_STRATEGY_IDS)
+def test_hand_off_racing_requests_keeps_order_demand_and_accounting(
+    name: str,
+    apply: Callable[[Flow[int]], Flow[int]],
+    capacity: int | None,
+    fast_switching: None,
+) -> None:
+    """What a broken fast path does here: delivers beyond demand or out of order
+    (a hand-off while a loop runs), overlaps on_next (no ownership), strands a
+    queued item while demand is outstanding (missed work lost), or lets a read
+    see produced != delivered + dropped + depth (counts folded outside the lock).
+    """
+    rng = random.Random(name)
+    for _ in range(60):
+        _race_once(apply, capacity, [rng.randint(1, 3) for _ in range(40)])

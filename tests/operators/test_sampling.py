@@ -10,14 +10,20 @@ upstream demand within the declared bound; and never an error for lack of demand
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import TypeAlias
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import reactive_bp
 from reactive_bp import (
     UNBOUNDED,
     BackpressureMeter,
@@ -78,6 +84,121 @@ def test_sample_never_fails_for_lack_of_demand_it_keeps_the_newest() -> None:
     stats = meter.stats
     assert stats is not None and stats.dropped_by_reason == {"stale": 2}
     assert stats.backpressured_seconds == pytest.approx(2.0)
+
+
+def test_sample_stats_are_exact_between_ticks() -> None:
+    """Replaced items are only counted aside per item; any read folds them in."""
+    meter = BackpressureMeter("s")
+    up, sub, vts = _setup(lambda f, s: f.sample(1.0, scheduler=s, meter=meter))
+    stats = meter.stats
+    assert stats is not None
+    up.send_next(1, 2, 3, 4, 5)
+    assert (stats.produced, stats.dropped, stats.depth) == (5, 4, 1)
+    assert stats.dropped_by_reason == {"sampled": 4}
+    up.send_next(6, 7)
+    assert stats.snapshot()["produced"] == 7 and stats.snapshot()["dropped"] == 6
+    vts.advance_by(1.0)  # 7 is ready, waiting for demand
+    up.send_next(8, 9)
+    assert (stats.produced, stats.delivered, stats.dropped, stats.depth) == (9, 0, 7, 2)
+    sub.request(1)
+    assert sub.items == [7]
+    vts.advance_by(1.0)
+    up.send_complete()
+    sub.request(1)
+    assert sub.items == [7, 9] and sub.completed
+    assert stats.snapshot() == {
+        **stats.snapshot(),
+        "produced": 9,
+        "delivered": 2,
+        "dropped": 7,
+        "dropped_by_reason": {"sampled": 7},
+        "depth": 0,
+    }
+
+
+@pytest.mark.parametrize("demand_first", [False, True], ids=["tick_first", "demand_first"])
+def test_sample_without_a_meter_delivers_a_tick_once_there_is_demand(demand_first: bool) -> None:
+    # Without demand (and no meter to time the wait) a tick runs no drain pass:
+    # the request that comes later must find the ready item itself.
+    up, sub, vts = _setup(lambda f, s: f.sample(1.0, scheduler=s))
+    if demand_first:
+        sub.request(2)
+    up.send_next(1, 2)
+    vts.advance_by(1.0)
+    up.send_next(3)
+    vts.advance_by(1.0)
+    if not demand_first:
+        assert sub.items == []
+        sub.request(2)
+    assert sub.items == ([2, 3] if demand_first else [3])
+    sub.assert_clean()
+
+
+_LIBRARY = str(Path(reactive_bp.__file__).parent)
+TraceFunction: TypeAlias = Callable[[FrameType, str, object], "TraceFunction | None"]
+
+
+def _interleave(call: Callable[[], None], at: int, step: Callable[[], None]) -> bool:
+    """Run ``call`` on a thread, and ``step`` while it is stopped at its ``at``-th line.
+
+    Lines count in reactive_bp's code only. ``step`` runs on a third thread and
+    gets 50 ms: it may need a lock the stopped thread holds, and then finishes
+    after it. Returns whether ``call`` reached line ``at`` (else ``step`` ran after).
+    """
+    stopped = threading.Event()
+    resume = threading.Event()
+    seen = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
+        nonlocal seen
+        if event == "call":
+            return tracer if frame.f_code.co_filename.startswith(_LIBRARY) else None
+        if event == "line":
+            seen += 1
+            if seen == at:
+                stopped.set()
+                resume.wait(5)
+        return tracer
+
+    def traced() -> None:
+        previous = sys.gettrace()  # a coverage tracer, say: restored after
+        sys.settrace(tracer)
+        try:
+            call()
+        finally:
+            sys.settrace(previous)
+
+    caller = threading.Thread(target=traced)
+    caller.start()
+    while not stopped.wait(0.001) and caller.is_alive():
+        pass
+    helper = threading.Thread(target=step)
+    helper.start()
+    helper.join(0.05)
+    resume.set()
+    caller.join(5)
+    helper.join(5)
+    return stopped.is_set()
+
+
+def test_sample_tick_interrupted_anywhere_by_a_request_never_strands_the_sample() -> None:
+    """The tick reads the demand without the drain lock: whichever comes second delivers.
+
+    The request is made at every line of the tick in turn: a tick that read
+    the demand before making its sample ready would skip the pass that the
+    request, finding nothing ready yet, no longer makes.
+    """
+    at = 0
+    while True:
+        at += 1
+        up, sub, vts = _setup(lambda f, s: f.sample(1.0, scheduler=s))
+        up.send_next(at)
+        reached = _interleave(partial(vts.advance_by, 1.0), at, partial(sub.request, 1))
+        assert sub.items == [at], f"request at line {at} of the tick: the sample was stranded"
+        sub.assert_clean()
+        if not reached:
+            break
+    assert at > 10  # the tick's lines were all visited
 
 
 def test_sample_ticks_while_a_synchronous_source_emits() -> None:

@@ -846,3 +846,124 @@ def test_an_upstream_error_waiting_behind_items_is_reported_when_on_next_raises(
     subscriber.request(1)
     assert received == [fault]
     assert [error for error, _ in undeliverable] == [waiting]
+
+
+# -- the saturated paths: inline overflow, counts folded in when read ------------------------
+
+_QUIET = [
+    (OverflowStrategy.DROP_OLDEST, [6, 7, 8, 9]),
+    (OverflowStrategy.LATEST, [0, 1, 2, 9]),
+    (OverflowStrategy.DROP_NEWEST, [0, 1, 2, 3]),
+]
+
+
+@pytest.mark.parametrize(("overflow", "kept"), _QUIET, ids=[o.name for o, _ in _QUIET])
+def test_overflow_without_on_dropped_is_counted_exactly_at_every_read(
+    overflow: OverflowStrategy, kept: list[int]
+) -> None:
+    # Without on_dropped or water marks an overflow is one inline step whose drop
+    # is only counted aside: every read of the stats must fold it in.
+    queue: SourceQueue[int] = SourceQueue(4, overflow)
+    stats = queue.stats
+    for i in range(10):
+        queue.offer(i)
+        assert stats.produced == i + 1
+        assert stats.dropped == max(0, i - 3) == sum(stats.dropped_by_reason.values())
+        assert stats.depth == min(4, i + 1)
+        snapshot = stats.snapshot()
+        assert snapshot["produced"] == i + 1 == stats.delivered + stats.dropped + stats.depth
+    assert stats.dropped_by_reason == {overflow.value: 6}
+    assert stats.peak_depth == 4 and stats.backpressured_seconds == 0.0
+    subscriber: TestSubscriber[int] = TestSubscriber()
+    queue.flow.subscribe(subscriber)
+    subscriber.request(10)
+    assert subscriber.items == kept
+    assert (stats.produced, stats.delivered, stats.dropped, stats.depth) == (10, 4, 6, 0)
+    assert stats.backpressured_seconds > 0  # timed: a source's stats are public
+    assert "'dropped': 6" in repr(queue)
+
+
+def _race_producers(overflow: OverflowStrategy, grants: list[int]) -> None:
+    """Two producer threads, a requesting thread and a stats reader, raced once."""
+    queue: SourceQueue[int] = SourceQueue(8, overflow)
+    received: list[int] = []
+    inside = [False]
+    overlaps = [0]
+
+    class Serial(TestSubscriber[int]):
+        def on_next(self, item: int) -> None:
+            if inside[0]:
+                overlaps[0] += 1
+            inside[0] = True
+            received.append(item)
+            super().on_next(item)
+            inside[0] = False
+
+    subscriber = Serial(0)
+    queue.flow.subscribe(subscriber)
+    stats = queue.stats
+    snapshots: list[dict[str, object]] = []
+    done = threading.Event()
+    start = threading.Barrier(4)
+
+    def produce(base: int) -> None:
+        start.wait()
+        for i in range(150):
+            queue.offer(base + i)
+
+    def grant() -> None:
+        start.wait()
+        for n in grants:
+            subscriber.request(n)
+
+    def read() -> None:
+        start.wait()
+        while not done.is_set():
+            snapshots.append(stats.snapshot())
+
+    workers = [
+        threading.Thread(target=produce, args=(0,)),
+        threading.Thread(target=produce, args=(1000,)),
+        threading.Thread(target=grant),
+    ]
+    reader = threading.Thread(target=read)
+    for thread in [*workers, reader]:
+        thread.start()
+    for thread in workers:
+        thread.join(10)
+    done.set()
+    reader.join(10)
+    assert overlaps[0] == 0, "overlapping on_next (Rule 1.3)"
+    assert len(received) <= sum(grants), "beyond demand (Rule 1.1)"
+    for base in (0, 1000):  # each producer's items stay in order
+        mine = [x for x in received if base <= x < base + 1000]
+        assert mine == sorted(set(mine))
+    final = stats.snapshot()
+    for snapshot in [*snapshots, final]:
+        produced, delivered = snapshot["produced"], snapshot["delivered"]
+        dropped, depth = snapshot["dropped"], snapshot["depth"]
+        assert isinstance(produced, int) and isinstance(delivered, int)
+        assert isinstance(dropped, int) and isinstance(depth, int)
+        assert produced == delivered + dropped + depth, snapshot
+        assert depth <= max(8, sum(grants)), snapshot  # beyond capacity only if requested
+    assert final["produced"] == 300 and final["delivered"] == len(received)
+    if len(received) < sum(grants):
+        assert final["depth"] == 0, "an item waits while demand is outstanding"
+    subscriber.assert_clean()
+
+
+@pytest.mark.parametrize("overflow", [o for o, _ in _QUIET], ids=[o.name for o, _ in _QUIET])
+def test_concurrent_producers_racing_requests_keep_order_demand_and_accounting(
+    overflow: OverflowStrategy,
+) -> None:
+    """What a broken fast path does here: an offer during another producer's hand-off
+    lost (missed work), a hand-off overlapping a running loop, or a read that sees
+    the inline overflow counts half folded."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    rng = random.Random(overflow.name)
+    try:
+        for _ in range(60):
+            _race_producers(overflow, [rng.randint(1, 3) for _ in range(60)])
+    finally:
+        sys.setswitchinterval(previous)
