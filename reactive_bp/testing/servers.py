@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -55,22 +56,29 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: on Linux, get SIGKILL when the starting thread dies.
+def _pdeathsig_setter() -> Callable[[], None] | None:
+    """A function to run in the child before exec: SIGKILL when the starting thread dies.
 
     So a test run that is itself killed (a timeout, Ctrl-C twice) leaves no server
-    behind. Elsewhere a no-op: ``stop()`` remains the way servers end.
+    behind. Linux only (elsewhere ``stop()`` remains the way servers end). ``prctl``
+    is looked up here, in the parent: the child, forked from a process with threads,
+    only calls an already-resolved function (no ``dlopen`` after ``fork``).
     """
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    pr_set_pdeathsig = 1
+    kill = int(signal.SIGKILL)
+
+    def set_pdeathsig() -> None:
+        prctl(pr_set_pdeathsig, kill, 0, 0, 0)
+
+    return set_pdeathsig
 
 
 def find_executable(name: str, *extra_dirs: str) -> str | None:
@@ -130,7 +138,7 @@ class LoopbackServer:
                 env=self.environment(),
                 cwd=self.data_dir,
                 start_new_session=True,  # its own process group: stop() ends its children
-                preexec_fn=_die_with_parent,
+                preexec_fn=_pdeathsig_setter(),
             )
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
