@@ -33,6 +33,7 @@ import enum
 import importlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
+from functools import partial
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -43,10 +44,12 @@ from .._core._hooks import ProtocolViolationError
 from .._core._operator import EmptySubscription
 from .._core._signals import signal_error
 from .._flow import Flow
+from ..operators._concurrency import Completion, _MapAsyncSubscriber, _Slot, _TaskHandle
 from ..sources._async import _AsyncPullSubscription
 
 if TYPE_CHECKING:
     from ..abc import Subscriber
+    from ..schedulers import Cancellable
 
 __all__ = [
     "AckMode",
@@ -503,6 +506,129 @@ class FetchFlow(Flow[Message[T]]):
         return self._name
 
 
+class _ConfirmRunner(Generic[T]):
+    """Starts ``publish(item)`` on the loop and reports its confirmation: no task per item.
+
+    ``publish`` returns an awaitable. An ``asyncio`` future (the Redis appender's
+    reply, a NATS ``PubAck`` waiter) is watched with ``add_done_callback``; a
+    coroutine (aio-pika's confirmation) becomes a task. The result reported is
+    the item itself; a failure is ``PublishError(item)`` with the cause.
+
+    Confirmations that arrive together (a pipeline's replies resolve all their
+    futures in one go) are handed to the limiter as one batch at the end of the
+    loop's pass over their callbacks (loop-confined ``_confirmed``): one drain
+    emits them all and asks upstream for as many more with one ``request``.
+    """
+
+    __slots__ = ("_confirmed", "_finish", "_loop", "_publish")
+
+    def __init__(
+        self, publish: Callable[[T], Awaitable[object]], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._publish = publish
+        self._loop = loop
+        # Loop-confined: confirmations not yet handed over, in the order they came.
+        self._confirmed: list[tuple[_Slot[T], T, _TaskHandle]] = []
+        # Set by the flow once the limiter exists: its batched success path.
+        self._finish: Callable[[list[tuple[_Slot[T], T]]], None] | None = None
+
+    def submit(self, item: T, slot: _Slot[T], on_done: Completion[T]) -> Cancellable | None:
+        loop = self._loop
+        handle = _TaskHandle(loop)
+        if _running_loop() is loop:
+            self._start(item, slot, on_done, handle)
+        else:
+            loop.call_soon_threadsafe(self._start, item, slot, on_done, handle)
+        return handle
+
+    def _start(self, item: T, slot: _Slot[T], on_done: Completion[T], handle: _TaskHandle) -> None:
+        if handle._cancelled:
+            return
+        try:
+            waiter = self._publish(item)
+            future = waiter if isinstance(waiter, asyncio.Future) else _as_task(waiter, self._loop)
+        except Exception as error:  # encode raised, the client refused at once
+            self._hand_over()
+            on_done(slot, None, PublishError(item, error))
+            return
+        handle._task = future
+        future.add_done_callback(partial(self._confirmation, item, slot, on_done, handle))
+
+    def _confirmation(
+        self,
+        item: T,
+        slot: _Slot[T],
+        on_done: Completion[T],
+        handle: _TaskHandle,
+        future: asyncio.Future[object],
+    ) -> None:
+        if handle._cancelled or future.cancelled():
+            # Cancelled by the subscription, which no longer wants the outcome (the
+            # waiter may have been resolved before the cancel reached it).
+            return
+        error = future.exception()
+        if error is None:
+            confirmed = self._confirmed
+            confirmed.append((slot, item, handle))
+            if len(confirmed) == 1:
+                self._loop.call_soon(self._hand_over)  # after the other callbacks ready now
+            return
+        self._hand_over()  # the confirmations before the failure first
+        if not isinstance(error, Exception):  # pragma: no cover - a BaseException escaped
+            error = RuntimeError(repr(error))
+        on_done(slot, None, PublishError(item, error))
+
+    def _hand_over(self) -> None:
+        confirmed, self._confirmed = self._confirmed, []
+        finish = self._finish
+        if confirmed and finish is not None:
+            finish([(slot, item) for slot, item, handle in confirmed if not handle._cancelled])
+
+    def close(self) -> None:
+        pass  # the handles cancel the waiters one by one
+
+
+def _as_task(waiter: Awaitable[object], loop: asyncio.AbstractEventLoop) -> asyncio.Future[object]:
+    if asyncio.iscoroutine(waiter):
+        return loop.create_task(waiter)
+    return asyncio.ensure_future(waiter, loop=loop)
+
+
+class _ConfirmedFlow(Flow[T]):
+    __slots__ = ("_loop", "_max_in_flight", "_publish", "_source")
+
+    def __init__(
+        self,
+        source: Flow[T],
+        publish: Callable[[T], Awaitable[object]],
+        max_in_flight: int,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self._source = source
+        self._publish = publish
+        self._max_in_flight = max_in_flight
+        self._loop = loop
+
+    @override
+    def _subscribe(self, subscriber: Subscriber[T]) -> None:
+        loop = self._loop if self._loop is not None else _running_loop()
+        if loop is None:
+            subscriber.on_subscribe(EmptySubscription())
+            signal_error(
+                subscriber,
+                RuntimeError("a broker sink needs a running event loop at subscribe time, or loop"),
+                self,
+            )
+            return
+        runner = _ConfirmRunner(self._publish, loop)
+        limiter = _MapAsyncSubscriber(subscriber, runner, self._max_in_flight, True)
+        runner._finish = limiter._calls_done
+        self._source.subscribe(limiter)
+
+    def __repr__(self) -> str:
+        return f"{self._source!r}.confirmed({self._publish!r}, {self._max_in_flight})"
+
+
 def confirmed(
     flow: Flow[T],
     publish: Callable[[T], Awaitable[object]],
@@ -516,17 +642,9 @@ def confirmed(
     downstream received. Emits each item once it is confirmed, in order. A
     failed publish ends the stream with ``PublishError(item)`` (the broker's
     error as its cause) and cancels upstream and the other publishes.
+
+    ``publish`` runs on ``loop`` (default: the loop running at subscribe time);
+    when it returns an ``asyncio`` future, its confirmation is watched without
+    a task (the window and its ordering are ``map_async``'s limiter).
     """
-    from ..schedulers import AsyncioScheduler
-
-    async def publish_one(item: T) -> T:
-        try:
-            await publish(item)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            raise PublishError(item, error) from error
-        return item
-
-    scheduler = AsyncioScheduler(loop) if loop is not None else None
-    return flow.map_async(publish_one, max_concurrency=max_in_flight, scheduler=scheduler)
+    return _ConfirmedFlow(flow, publish, max_in_flight, loop)

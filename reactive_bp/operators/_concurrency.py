@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from typing_extensions import override
 
@@ -182,7 +182,8 @@ class _TaskHandle:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._task: asyncio.Task[None] | None = None  # set on the loop thread
+        # Set on the loop thread: the call's task, or the future it is waiting on.
+        self._task: asyncio.Future[Any] | None = None
         self._cancelled = False
 
     def cancel(self) -> None:
@@ -407,6 +408,29 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
         if error is not None:
             self._schedule()  # the loop owner delivers the recorded error
             return
+        if not halted:
+            self._schedule()
+
+    def _calls_done(self, finished: list[tuple[_Slot[R], R]]) -> None:
+        """Several calls succeeded (any thread): record them under one lock, drain once.
+
+        The batched form of ``_call_done`` for runners that learn of many
+        confirmations at once (a pipeline's replies): one pass then delivers
+        them all and asks upstream for as many more in one ``request``.
+        """
+        with self._lock:
+            halted = self._halted
+            for slot, value in finished:
+                if slot.done:
+                    continue
+                slot.done = True
+                slot.handle = None
+                self._pending.pop(slot, None)
+                self._in_flight -= 1
+                if not halted:
+                    slot.value = value
+                    if not self._ordered:
+                        self._results.append(slot)
         if not halted:
             self._schedule()
 

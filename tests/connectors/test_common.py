@@ -24,6 +24,7 @@ from reactive_bp.connectors import (
     Settlement,
 )
 from reactive_bp.connectors._common import FetchFlow, confirmed, require
+from reactive_bp.schedulers import ThreadPoolScheduler
 from reactive_bp.testing import TestSubscriber
 
 pytestmark = pytest.mark.no_undeliverable
@@ -555,6 +556,118 @@ def test_a_failed_publish_is_publish_error_with_the_item_and_cancels_upstream() 
     assert isinstance(error, PublishError) and error.item == 1
     assert isinstance(error.__cause__, OSError)
     assert cancelled == [True]
+    subscriber.assert_clean()
+
+
+class FutureConfirmations:
+    """A publish that returns a plain future (like the Redis appender): no coroutine, no task."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, asyncio.Future[bytes]]] = []
+
+    def publish(self, item: int) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        return future
+
+    def reply_all(self, fail_on: int | None = None) -> None:
+        """Resolve every pending publish at once, as one pipeline's replies do."""
+        pending, self.pending = self.pending, []
+        for item, future in pending:
+            if item == fail_on:
+                future.set_exception(OSError(f"broker refused {item}"))
+            else:
+                future.set_result(b"ok")
+
+
+def test_confirmations_that_arrive_together_are_one_drain_and_one_request_upstream() -> None:
+    requests: list[int] = []
+
+    async def main() -> TestSubscriber[int]:
+        publisher = FutureConfirmations()
+        upstream = Flow.range(0, 40).do_on_request(requests.append)
+        subscriber: TestSubscriber[int] = TestSubscriber(1000)
+        confirmed(upstream, publisher.publish, max_in_flight=8).subscribe(subscriber)
+        while not subscriber.is_terminated:
+            await _settle(3)
+            assert len(publisher.pending) <= 8  # Rule: never more than max_in_flight unconfirmed
+            publisher.reply_all()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert subscriber.items == list(range(40)) and subscriber.completed
+    # The first window, then one request per batch of replies, never one per item
+    # (the last may ask past the end: the range tells it is done when asked again).
+    assert set(requests) == {8} and len(requests) <= 6, requests
+    subscriber.assert_clean()
+
+
+def test_a_failure_inside_a_batch_emits_the_confirmations_before_it_then_publish_error() -> None:
+    cancelled: list[bool] = []
+
+    async def main() -> tuple[TestSubscriber[int], FutureConfirmations]:
+        publisher = FutureConfirmations()
+        upstream = Flow.range(0, 100).do_on_cancel(lambda: cancelled.append(True))
+        subscriber: TestSubscriber[int] = TestSubscriber(100)
+        confirmed(upstream, publisher.publish, max_in_flight=6).subscribe(subscriber)
+        await _settle()
+        publisher.reply_all(fail_on=3)
+        await _until(lambda: subscriber.is_terminated)
+        await _settle()
+        return subscriber, publisher
+
+    subscriber, publisher = asyncio.run(main())
+    assert subscriber.items == [0, 1, 2]
+    (error,) = subscriber.errors
+    assert isinstance(error, PublishError) and error.item == 3
+    assert cancelled == [True]
+    # The confirmed items were handed over before the failure (and asked for as many
+    # more, started at once); every publish still open when it failed was cancelled.
+    assert all(future.cancelled() for _, future in publisher.pending), publisher.pending
+    subscriber.assert_clean()  # the replies after the failure are dropped, not reported
+
+
+def test_cancel_between_the_replies_and_their_hand_over_emits_nothing_more() -> None:
+    async def main() -> TestSubscriber[int]:
+        publisher = FutureConfirmations()
+        subscriber: TestSubscriber[int] = TestSubscriber(100)
+        confirmed(Flow.range(0, 100), publisher.publish, max_in_flight=5).subscribe(subscriber)
+        await _settle()
+        # Resolved, one of them failed: their callbacks are ready, not yet run.
+        publisher.reply_all(fail_on=2)
+        subscriber.cancel()
+        await _settle()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert subscriber.items == [] and not subscriber.is_terminated
+    subscriber.assert_clean()  # and the failure after the cancel is not reported anywhere
+
+
+def test_items_arriving_on_another_thread_are_published_on_the_loop() -> None:
+    threads: list[int] = []
+
+    async def main() -> TestSubscriber[int]:
+        loop_thread = threading.get_ident()
+        publisher = FutureConfirmations()
+
+        def publish(item: int) -> asyncio.Future[bytes]:
+            threads.append(threading.get_ident() - loop_thread)
+            return publisher.publish(item)
+
+        subscriber: TestSubscriber[int] = TestSubscriber(1000)
+        with ThreadPoolScheduler(1) as pool:
+            # The upstream's items (and the requests it answers) come on the pool's thread.
+            upstream = Flow.range(0, 30).subscribe_on(pool)
+            confirmed(upstream, publish, max_in_flight=4).subscribe(subscriber)
+            while not subscriber.is_terminated:
+                await _settle(3)
+                publisher.reply_all()
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert subscriber.items == list(range(30)) and subscriber.completed
+    assert set(threads) == {0}  # every publish ran on the loop's thread
     subscriber.assert_clean()
 
 
