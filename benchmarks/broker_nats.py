@@ -11,7 +11,8 @@ connection shared by every contender:
   driven by a subscriber (``subscribe_with``, ``RequestPolicy.batch(2*B)``) acking in
   ``on_next``. For reference, not the same work: ``AckMode.ON_DELIVERY`` (at-most-once,
   one confirmed ack per batch on an ack-all consumer).
-* ``sink``: ``N`` messages published with ``js.publish``, at most ``K`` awaiting their
+* ``sink``: ``N`` messages published with ``js.publish`` (and, second baseline, with
+  ``js.publish_async``, which has no per-publish timeout), at most ``K`` awaiting their
   ``PubAck``, in order. Baseline: a window of ``K`` publish tasks, awaiting the oldest
   before starting the next. reactive_bp: ``Flow.from_iterable(...).pipe(
   jetstream.sink(nc, ..., max_in_flight=K))``, counted by a subscriber.
@@ -40,6 +41,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 from _machine import library_version, machine_summary
@@ -177,6 +179,22 @@ async def _sink_raw(bench: Bench) -> int:
     return confirmed
 
 
+async def _sink_raw_async(bench: Bench) -> int:
+    """``js.publish_async``: futures instead of tasks (no per-publish timeout, though)."""
+    js = bench.js
+    window: deque[asyncio.Future[Any]] = deque()
+    confirmed = 0
+    for payload in _payloads(bench.n):
+        if len(window) >= bench.in_flight:
+            await window.popleft()
+            confirmed += 1
+        window.append(await js.publish_async(SINK_SUBJECT, payload))
+    for future in window:
+        await future
+        confirmed += 1
+    return confirmed
+
+
 async def _sink_rbp(bench: Bench) -> int:
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     count = [0]
@@ -247,6 +265,11 @@ SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = 
         lambda n: n,
         (
             Contender("raw", "nats-py: window of K js.publish tasks", _sink_raw),
+            Contender(
+                "raw-async",
+                "nats-py: window of K js.publish_async futures (no PubAck timeout)",
+                _sink_raw_async,
+            ),
             Contender("rbp", "reactive_bp from_iterable.pipe(sink(max_in_flight=K))", _sink_rbp),
         ),
     ),

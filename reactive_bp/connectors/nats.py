@@ -12,9 +12,11 @@ How demand maps onto JetStream:
   remains. What the client holds undelivered is at most one batch; what the server
   counts as delivered-and-unacknowledged is at most what downstream requested and
   has not acknowledged yet (and never more than the consumer's ``max_ack_pending``).
-* ``sink`` (an operator for ``Flow.pipe``) sends each item with ``js.publish`` and
-  emits it once its ``PubAck`` came: at most ``max_in_flight`` are unconfirmed, one
-  more item is requested upstream per confirmation.
+* ``sink`` (an operator for ``Flow.pipe``) publishes each item to JetStream with a
+  reply subject of its own (what ``js.publish`` does, without a task and a timer per
+  message: the items of one event-loop turn are written together) and emits it once
+  its ``PubAck`` came: at most ``max_in_flight`` are unconfirmed, one more item is
+  requested upstream per confirmation.
 
 Connections: pass a URL and each subscription opens its own connection, closed when
 the stream ends or is cancelled (a source's once the messages it delivered are
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
@@ -750,16 +753,36 @@ def source(
 
 
 class _CloseAtEnd(OperatorSubscriber[T, T]):
-    """Passes items through; closes the stream's own connection when it ends or is cancelled."""
+    """Passes items through; at the end (or cancel) closes the sink's ``PubAck`` inbox and
+    the stream's own connection."""
 
-    __slots__ = ("_link", "_loop")
+    __slots__ = ("_link", "_loop", "_publisher")
 
     def __init__(
-        self, actual: Subscriber[T], link: _Link, loop: asyncio.AbstractEventLoop | None
+        self,
+        actual: Subscriber[T],
+        link: _Link,
+        loop: asyncio.AbstractEventLoop | None,
+        publisher: _PubAcks,
     ) -> None:
         super().__init__(actual)
         self._link = link
         self._loop = loop
+        self._publisher = publisher
+
+    def _close(self) -> None:
+        publisher = self._publisher
+        target = publisher.loop  # None: it never published, so it never subscribed either
+        if target is None or target.is_closed():
+            self._link.close_soon(self._loop)
+            return
+        link = self._link
+
+        async def close() -> None:
+            await publisher.aclose()
+            await link.aclose()
+
+        target.call_soon_threadsafe(_spawn, target, close)
 
     @override
     def hook_on_next(self, item: T) -> None:
@@ -767,17 +790,17 @@ class _CloseAtEnd(OperatorSubscriber[T, T]):
 
     @override
     def hook_on_error(self, error: Exception) -> None:
-        self._link.close_soon(self._loop)
+        self._close()
         super().hook_on_error(error)
 
     @override
     def hook_on_complete(self) -> None:
-        self._link.close_soon(self._loop)  # every item was confirmed: nothing is pending
+        self._close()  # every item was confirmed: nothing is pending
         super().hook_on_complete()
 
     @override
     def hook_on_cancel(self) -> None:
-        self._link.close_soon(self._loop)
+        self._close()
 
 
 @overload
@@ -873,26 +896,158 @@ def sink(
     def operator(upstream: Flow[Any]) -> Flow[Any]:
         def per_subscription() -> Flow[Any]:
             link = _Link(client)
-            contexts: list[JetStreamContext] = []  # the one JetStream context, once connected
-
-            async def send(item: Any) -> object:
-                if contexts:
-                    js = contexts[0]
-                else:
-                    js = link.jetstream(await link.client(), request_timeout)
-                    contexts[:] = [js]
-                return await js.publish(
-                    subject_of(item), encoder(item), timeout=request_timeout, stream=stream
-                )
-
-            published = confirmed(upstream, send, max_in_flight, loop)
-            if not link.owned:
-                return published
-            return published.lift(lambda actual: _CloseAtEnd(actual, link, loop))
+            publisher = _PubAcks(link, subject_of, encoder, stream, request_timeout)
+            published = confirmed(upstream, publisher.publish, max_in_flight, loop)
+            return published.lift(lambda actual: _CloseAtEnd(actual, link, loop, publisher))
 
         return Flow.defer(per_subscription)
 
     return operator
+
+
+class _PubAcks:
+    """JetStream publishes of one sink subscription, each confirmed by its ``PubAck``.
+
+    Loop-confined. ``publish`` returns a plain future at once (no task per item):
+    the items asked for in one event-loop turn are written by one flush task,
+    each with its own reply subject under a private inbox, and the one
+    subscription on that inbox resolves each future from its ``PubAck`` (what
+    ``js.publish`` waits for, without its task and timer per message). The
+    futures of one flush share one timer: a ``PubAck`` that has not come after
+    ``timeout`` fails its publish with the client's ``TimeoutError``. The inbox
+    subscription is removed when the stream ends.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_encode",
+        "_flush_task",
+        "_headers",
+        "_link",
+        "_prefix",
+        "_queue",
+        "_sequence",
+        "_subject_of",
+        "_subscription",
+        "_timeout",
+        "_timers",
+        "_waiting",
+        "loop",
+    )
+
+    def __init__(
+        self,
+        link: _Link,
+        subject_of: Callable[[Any], str],
+        encode: Callable[[Any], bytes],
+        stream: str | None,
+        timeout: float,
+    ) -> None:
+        self._link = link
+        self._subject_of = subject_of
+        self._encode = encode
+        self._headers = None if stream is None else {"Nats-Expected-Stream": stream}
+        self._timeout = timeout
+        # Publishes asked for and not written yet.
+        self._queue: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        # Written, awaiting their PubAck, by reply token.
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._sequence = 0
+        self._prefix = ""
+        self._subscription: Any = None
+        self._flush_task: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
+        # One PubAck timer per flushed batch, oldest first; cancelled at the end.
+        self._timers: deque[asyncio.TimerHandle] = deque()
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by the first publish
+        self._closed = False
+
+    def publish(self, item: Any) -> asyncio.Future[None]:
+        """Queue one publish; the future resolves when its ``PubAck`` came."""
+        subject = self._subject_of(item)
+        payload = self._encode(item)  # an encode that raises fails this item at once
+        loop = self.loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.append((subject, payload, done))
+        if self._flush_task is None:
+            self._flush_task = loop.create_task(self._flush())
+        return done
+
+    async def _flush(self) -> None:
+        try:
+            client = await self._link.client()
+            if self._subscription is None:
+                self._prefix = client.new_inbox() + "."
+                self._subscription = await client.subscribe(self._prefix + "*", cb=self._on_reply)
+            loop = asyncio.get_running_loop()
+            while self._queue and not self._closed:
+                batch, self._queue = self._queue, []
+                # Every publish of the batch waits (and can fail) before the first is written.
+                writes: list[tuple[str, bytes, str]] = []
+                for subject, payload, done in batch:
+                    if done.done():
+                        continue  # its publish was cancelled
+                    self._sequence += 1
+                    token = str(self._sequence)
+                    self._waiting[token] = done
+                    writes.append((subject, payload, token))
+                tokens = [token for _, _, token in writes]
+                self._timers.append(loop.call_later(self._timeout, self._expire, tokens))
+                for subject, payload, token in writes:
+                    await client.publish(
+                        subject, payload, reply=self._prefix + token, headers=self._headers
+                    )
+        except Exception as error:  # no connection: every publish not confirmed fails
+            self._fail_all(error)
+        finally:
+            self._flush_task = None
+        if self._queue and not self._closed:  # asked for while the last write was awaited
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _on_reply(self, msg: Msg) -> None:
+        done = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if done is None or done.done():
+            return  # expired, or cancelled by the subscription
+        headers = msg.headers
+        if headers and headers.get("Status") == "503":  # no stream listens on the subject
+            done.set_exception(_nats_module("nats.js.errors").NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError as bad:
+            done.set_exception(bad)
+            return
+        if isinstance(reply, dict) and "error" in reply:
+            errors = _nats_module("nats.js.errors")
+            done.set_exception(errors.APIError.from_error(reply["error"]))
+        else:
+            done.set_result(None)
+
+    def _expire(self, tokens: list[str]) -> None:
+        self._timers.popleft()  # the timers of equal delays fire in the order they were set
+        waiting = self._waiting
+        for token in tokens:
+            done = waiting.pop(token, None)
+            if done is not None and not done.done():
+                done.set_exception(_nats_module("nats.errors").TimeoutError())
+
+    def _fail_all(self, error: Exception) -> None:
+        pending = [done for _, _, done in self._queue] + list(self._waiting.values())
+        self._queue = []
+        self._waiting.clear()
+        for done in pending:
+            if not done.done():
+                done.set_exception(error)
+
+    async def aclose(self) -> None:
+        """Stop listening for ``PubAck``s (the stream is over)."""
+        self._closed = True
+        subscription, self._subscription = self._subscription, None
+        self._waiting.clear()
+        while self._timers:
+            self._timers.popleft().cancel()
+        if subscription is not None:
+            with contextlib.suppress(Exception):  # a closed connection took it already
+                await subscription.unsubscribe()
 
 
 def _fixed(subject: str) -> Callable[[object], str]:

@@ -691,42 +691,48 @@ def test_a_settlement_on_the_loop_runs_at_once_and_resumes_after_suspending() ->
 
 
 def test_sink_never_has_more_than_max_in_flight_unconfirmed(nats_server: LoopbackServer) -> None:
-    """300 items through sink(max_in_flight=8) on a client whose request() (what
-    js.publish waits on for the PubAck) is instrumented: never more than 8 unconfirmed,
-    upstream never asked for more than confirmed + 8, every item stored once, in order,
-    and emitted only after its PubAck. An unbounded or request-ahead sink fails."""
+    """300 items through sink(max_in_flight=8) on a client whose publish() is
+    instrumented: at every publish that asks for a PubAck, published minus emitted
+    (an upper bound of the unconfirmed) is at most 8 and reaches 8; upstream is never
+    asked for more than emitted + 8; every item is stored once, in order, and emitted
+    only after its PubAck. An unbounded or request-ahead sink fails."""
     stream, subject = names()
     limit = 8
 
     async def main() -> None:
         async with admin(nats_server.url, stream, subject) as (nc, js):
-            in_flight = 0
+            published = 0
+            emitted = 0
             most = 0
-            confirmed = 0
             requested = 0
             over: list[str] = []
-            original = nc.request
+            original = nc.publish
 
-            async def counted(*args: Any, **kwargs: Any) -> Any:
-                nonlocal in_flight, most, confirmed
-                in_flight += 1
-                most = max(most, in_flight)
-                try:
-                    await asyncio.sleep(0.001)  # confirmations slower than the upstream
-                    return await original(*args, **kwargs)
-                finally:
-                    in_flight -= 1
-                    confirmed += 1
+            async def counted(
+                subject: str, payload: bytes = b"", reply: str = "", headers: Any = None
+            ) -> None:
+                nonlocal published, most
+                if reply:  # a publish awaiting its PubAck
+                    published += 1
+                    most = max(most, published - emitted)
+                    if published - emitted > limit:
+                        over.append(f"published {published} with {emitted} emitted")
+                await original(subject, payload, reply=reply, headers=headers)
 
-            nc.request = counted  # type: ignore[method-assign]
+            nc.publish = counted  # type: ignore[method-assign]
+            subscriptions_before = set(nc._subs)
 
             def on_request(n: int) -> None:
                 nonlocal requested
                 requested += n
-                if requested > confirmed + limit:
-                    over.append(f"requested {requested} with {confirmed} confirmed")
+                if requested > emitted + limit:
+                    over.append(f"requested {requested} with {emitted} emitted")
 
-            emitted = await (
+            def on_emitted(_: int) -> None:
+                nonlocal emitted
+                emitted += 1
+
+            result = await (
                 Flow.range(0, 300)
                 .do_on_request(on_request)
                 .pipe(
@@ -734,11 +740,14 @@ def test_sink_never_has_more_than_max_in_flight_unconfirmed(nats_server: Loopbac
                         nc, subject, encode=lambda i: str(i).encode(), max_in_flight=limit
                     )
                 )
+                .do_on_next(on_emitted)
                 .to_list_async()
             )
-            assert emitted == list(range(300))
-            assert 2 <= most <= limit, most
+            assert result == list(range(300))
+            assert most == limit, most  # the window is used, never exceeded
             assert over == []
+            # The sink's PubAck inbox is removed when the stream ends (a borrowed client).
+            await until(lambda: set(nc._subs) <= subscriptions_before)
             stored = await js.pull_subscribe(subject, durable="check", stream=stream)
             messages = await stored.fetch(300, timeout=5)
             assert [int(m.data) for m in messages] == list(range(300))
