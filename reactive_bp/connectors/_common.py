@@ -32,7 +32,15 @@ import concurrent.futures
 import enum
 import importlib
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from functools import partial
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -57,6 +65,7 @@ __all__ = [
     "ConnectorStats",
     "FetchFlow",
     "Fetcher",
+    "LazyMetadata",
     "Message",
     "PublishError",
     "Settlement",
@@ -243,6 +252,45 @@ def _copy_outcome(task: asyncio.Future[None], future: concurrent.futures.Future[
         future.set_result(None)
 
 
+class LazyMetadata(Mapping[str, object]):
+    """A message's metadata as a read-only mapping, built only when first read.
+
+    A connector subclass keeps what it received (the raw message, the entry) in
+    its slots and builds the dict in ``_build``; a consumer that never reads the
+    metadata never pays for it.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self) -> None:
+        self._fields: dict[str, object] | None = None
+
+    def _build(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def _parsed(self) -> dict[str, object]:
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = self._build()
+        return fields
+
+    @override
+    def __getitem__(self, key: str) -> object:
+        return self._parsed()[key]
+
+    @override
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    @override
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    @override
+    def __repr__(self) -> str:
+        return f"{type(self).__name__.lstrip('_')}({self._parsed()!r})"
+
+
 class Message(Generic[T_co]):
     """One broker message: ``value`` (decoded), ``metadata`` and its settlement.
 
@@ -252,7 +300,9 @@ class Message(Generic[T_co]):
 
     A connector's ``ack``/``nack`` callables return a coroutine (run as a task on
     ``loop``) or, when called on ``loop`` itself, an ``asyncio.Future`` already
-    under way (no task per settlement).
+    under way (no task per settlement). ``lock`` guards the first-settlement-wins
+    decision; a connector passes one lock for all the messages of a subscription
+    (settling is rare next to the lock's cost per message), else each has its own.
     """
 
     __slots__ = ("_ack", "_lock", "_loop", "_nack", "_settlement", "metadata", "value")
@@ -265,13 +315,14 @@ class Message(Generic[T_co]):
         ack: Callable[[], Coroutine[Any, Any, None] | asyncio.Future[None]],
         nack: Callable[[bool], Coroutine[Any, Any, None] | asyncio.Future[None]],
         loop: asyncio.AbstractEventLoop,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.value = value
         self.metadata = metadata
         self._ack = ack
         self._nack = nack
         self._loop = loop
-        self._lock = threading.Lock()
+        self._lock = threading.Lock() if lock is None else lock
         self._settlement: Settlement | None = None  # guarded by _lock; set once
 
     def ack(self) -> Settlement:

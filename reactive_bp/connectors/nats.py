@@ -35,7 +35,7 @@ import contextlib
 import json
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from functools import partial
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -48,6 +48,7 @@ from ._common import (
     AckMode,
     ConnectorStats,
     FetchFlow,
+    LazyMetadata,
     Message,
     acked_on_delivery,
     confirmed,
@@ -167,7 +168,7 @@ def _spawn(loop: asyncio.AbstractEventLoop, start: Callable[[], Coroutine[Any, A
     loop.create_task(start())
 
 
-class _Metadata(Mapping[str, object]):
+class _Metadata(LazyMetadata):
     """A JetStream message's metadata, parsed only when read.
 
     Keys: ``subject``, ``headers``, ``stream``, ``consumer``, ``stream_seq``,
@@ -175,45 +176,27 @@ class _Metadata(Mapping[str, object]):
     ``timestamp``.
     """
 
-    __slots__ = ("_fields", "_msg")
+    __slots__ = ("_msg",)
 
     def __init__(self, msg: Msg) -> None:
+        super().__init__()
         self._msg = msg
-        self._fields: dict[str, object] | None = None
-
-    def _parsed(self) -> dict[str, object]:
-        fields = self._fields
-        if fields is None:
-            msg = self._msg
-            meta = msg.metadata
-            fields = self._fields = {
-                "subject": msg.subject,
-                "headers": msg.headers,
-                "stream": meta.stream,
-                "consumer": meta.consumer,
-                "stream_seq": meta.sequence.stream,
-                "consumer_seq": meta.sequence.consumer,
-                "num_delivered": meta.num_delivered,
-                "num_pending": meta.num_pending,
-                "timestamp": meta.timestamp,
-            }
-        return fields
 
     @override
-    def __getitem__(self, key: str) -> object:
-        return self._parsed()[key]
-
-    @override
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._parsed())
-
-    @override
-    def __len__(self) -> int:
-        return len(self._parsed())
-
-    @override
-    def __repr__(self) -> str:
-        return f"NatsMetadata({self._parsed()!r})"
+    def _build(self) -> dict[str, object]:
+        msg = self._msg
+        meta = msg.metadata
+        return {
+            "subject": msg.subject,
+            "headers": msg.headers,
+            "stream": meta.stream,
+            "consumer": meta.consumer,
+            "stream_seq": meta.sequence.stream,
+            "consumer_seq": meta.sequence.consumer,
+            "num_delivered": meta.num_delivered,
+            "num_pending": meta.num_pending,
+            "timestamp": meta.timestamp,
+        }
 
 
 class _PullFetcher(Generic[T]):

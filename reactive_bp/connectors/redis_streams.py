@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -53,6 +54,7 @@ from ._common import (
     AlreadySettledError,
     ConnectorStats,
     FetchFlow,
+    LazyMetadata,
     Message,
     confirmed,
     require,
@@ -122,6 +124,40 @@ def _entries(reply: object) -> list[tuple[bytes | None, dict[bytes, bytes] | Non
     return list(reply)  # XCLAIM: [entries]
 
 
+class _EntryMetadata(LazyMetadata):
+    """A stream entry's metadata, built only when read.
+
+    Keys: ``stream``, ``id`` (text), ``group``, ``consumer``, ``redelivered``
+    (claimed from another consumer or redelivered after a nack), ``fields`` (the
+    entry's raw fields).
+    """
+
+    __slots__ = ("_entry_fields", "_entry_id", "_where")
+
+    def __init__(
+        self,
+        where: tuple[str, str, str, bool],
+        entry_id: bytes,
+        fields: Mapping[bytes, bytes],
+    ) -> None:
+        super().__init__()
+        self._where = where  # (stream, group, consumer, redelivered): shared by a batch
+        self._entry_id = entry_id
+        self._entry_fields = fields
+
+    @override
+    def _build(self) -> dict[str, object]:
+        stream, group, consumer, redelivered = self._where
+        return {
+            "stream": stream,
+            "id": self._entry_id.decode(),
+            "group": group,
+            "consumer": consumer,
+            "redelivered": redelivered,
+            "fields": self._entry_fields,
+        }
+
+
 class _RedisFetcher(Generic[T]):
     """The broker half of one source subscription (loop-confined, see the module doc)."""
 
@@ -171,6 +207,8 @@ class _RedisFetcher(Generic[T]):
         # nack(requeue=False) was confirmed; a claim sweep never redelivers one of them
         # (XAUTOCLAIM also picks this consumer's own idle entries).
         self._unsettled: set[bytes] = set()
+        # Decides the first settlement of each message of this subscription.
+        self._message_lock = threading.Lock()
         # nack(requeue=True) ids, redelivered (XCLAIM to self) ahead of new entries.
         self._requeue: deque[bytes] = deque()
         # The own-pending pass: the id to read after, None once it found nothing more.
@@ -301,8 +339,8 @@ class _RedisFetcher(Generic[T]):
         manual = self._manual
         unsettled = self._unsettled
         stream = self._stream
-        group = self._group
-        consumer = self._consumer
+        where = (stream, self._group, self._consumer, redelivered)
+        lock = self._message_lock
         ack_entry = self._ack
         nack_entry = self._nack
         self._loop = loop
@@ -325,14 +363,7 @@ class _RedisFetcher(Generic[T]):
                     f"{_text(field)!r} (its fields: {sorted(_text(k) for k in fields)})"
                 ) from None
             value = decode(payload)  # raising fails the stream: the batch stays pending
-            metadata = {
-                "stream": stream,
-                "id": entry_id.decode(),
-                "group": group,
-                "consumer": consumer,
-                "redelivered": redelivered,
-                "fields": fields,
-            }
+            metadata = _EntryMetadata(where, entry_id, fields)
             ack: Callable[[], Coroutine[Any, Any, None] | asyncio.Future[None]]
             nack: Callable[[bool], Coroutine[Any, Any, None] | asyncio.Future[None]]
             if manual:
@@ -341,7 +372,7 @@ class _RedisFetcher(Generic[T]):
             else:
                 ack = _settled
                 nack = _nack_after_delivery
-            batch.append(Message(value, metadata, ack=ack, nack=nack, loop=loop))
+            batch.append(Message(value, metadata, ack=ack, nack=nack, loop=loop, lock=lock))
             ids.append(entry_id)
         if deleted:
             await self._xack(deleted)
