@@ -26,6 +26,7 @@ from .operators._grouping import GroupedFlow as GroupedFlow
 from .operators._grouping import TooManyGroupsError as TooManyGroupsError
 from .operators._retry import Backoff as Backoff
 from .operators._retry import RetryExhaustedError as RetryExhaustedError
+from .operators._retry import RetryPolicy as RetryPolicy
 from .operators._sampling import RateExceededError as RateExceededError
 from .operators._sampling import adaptive_keep_rate as adaptive_keep_rate
 from .operators._timing import FlowTimeoutError as FlowTimeoutError
@@ -79,6 +80,7 @@ __all__ = [
     "ReplayProcessor",
     "RequestPolicy",
     "RetryExhaustedError",
+    "RetryPolicy",
     "SignalType",
     "SlowSubscriberPolicy",
     "SourceQueue",

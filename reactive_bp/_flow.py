@@ -25,16 +25,16 @@ from ._core._push import OverflowStrategy, WaterMarks
 if TYPE_CHECKING:
     import reactivex
 
-    from .abc import Publisher, Subscriber
+    from .abc import Publisher, Subscriber, Subscription
     from .metrics import BackpressureMeter
     from .operators._grouping import GroupedFlow
-    from .operators._retry import Backoff, RetryOn
+    from .operators._retry import Backoff, RetryOn, RetryPolicy
     from .processors._connectable import ConnectableFlow
     from .processors._multicast import SlowSubscriberPolicy
     from .schedulers import Scheduler
     from .sources._generate import SynchronousSink
     from .sources._push import Emitter
-    from .subscribers._base import RequestPolicy
+    from .subscribers._base import RequestPolicy, SignalType
     from .subscribers._lambda import Disposable
 
 __all__ = ["Flow"]
@@ -73,7 +73,20 @@ class Flow(Generic[T_co]):
     # -- Publisher -------------------------------------------------------------
 
     def subscribe(self, subscriber: Subscriber[T_co]) -> None:
-        """Attach ``subscriber``; ``subscribe(None)`` raises ``TypeError`` (Rule 1.9)."""
+        """Attach ``subscriber``; ``subscribe(None)`` raises ``TypeError`` (Rule 1.9).
+
+        ::
+
+            subscribe(s):  ^ s.on_subscribe(subscription), then s.on_next(a).. as s requests
+
+        Demand: nothing is sent before ``subscriber`` calls ``request(n)`` on the
+        subscription it was given, and never more than it requested (Rule 1.1).
+
+        Cancellation: ``subscription.cancel()`` stops the flow.
+
+        Errors: ``subscribe(None)`` raises ``TypeError``; everything else reaches
+        ``subscriber.on_error``.
+        """
         if subscriber is None:
             raise TypeError("Rule 1.9: subscribe(None) is not allowed")
         self._subscribe(subscriber)
@@ -372,6 +385,7 @@ class Flow(Generic[T_co]):
         on_dropped: Callable[[U], object] | None = None,
         *,
         water_marks: WaterMarks | None = None,
+        meter: BackpressureMeter | None = None,
     ) -> Flow[U]:
         """Bridge a producer that pushes (callbacks, sockets, threads) into a flow.
 
@@ -400,11 +414,28 @@ class Flow(Generic[T_co]):
 
         ``water_marks`` (a ``WaterMarks``) watches the buffer's depth with
         hysteresis, so the producer (or an autoscaler) can react to pressure.
+        ``meter`` (a ``BackpressureMeter``) follows each subscription's
+        ``emitter.stats``, readable from outside the producer
+        (``meter.stats``) and exportable to Prometheus.
 
         Errors: a producer that raises fails the stream.
+
+        Example:
+            >>> from reactive_bp import BackpressureMeter
+            >>> from reactive_bp.testing import TestSubscriber
+            >>> def burst(emitter: Emitter[int]) -> None:  # ten at once, cannot wait
+            ...     for i in range(10):
+            ...         emitter.emit(i)
+            ...     emitter.complete()
+            >>> meter = BackpressureMeter("burst")
+            >>> late: TestSubscriber[int] = TestSubscriber()  # nothing requested yet
+            >>> Flow.create(burst, 4, OverflowStrategy.DROP_OLDEST, meter=meter).subscribe(late)
+            >>> late.request(10)
+            >>> late.items, meter.stats.dropped_by_reason
+            ([6, 7, 8, 9], {'drop_oldest': 6})
         """
         strategy = OverflowStrategy.ERROR if overflow is None else overflow
-        return _push.CreateFlow(producer, capacity, strategy, on_dropped, water_marks)
+        return _push.CreateFlow(producer, capacity, strategy, on_dropped, water_marks, meter)
 
     # -- composition -------------------------------------------------------------
 
@@ -413,6 +444,13 @@ class Flow(Generic[T_co]):
 
         ``operator`` receives the downstream subscriber and returns the
         subscriber that is attached upstream.
+
+        ::
+
+            lift(op):  this flow -> op(downstream) -> downstream
+
+        Demand: whatever ``operator``'s subscriber asks upstream; an
+        ``OperatorSubscriber`` passes ``request`` through unless its hooks change it.
 
         Example:
             >>> class Double(OperatorSubscriber[int, int]):
@@ -451,6 +489,12 @@ class Flow(Generic[T_co]):
     def pipe(self, *operators: Callable[[Flow[object]], Flow[object]]) -> Flow[object]:  # type: ignore[misc]
         """Chain flow-to-flow functions, so user-written operators read like built-ins.
 
+        ::
+
+            flow.pipe(f, g)  ==  g(f(flow))
+
+        Demand: that of the flows the functions build; ``pipe`` adds no stage.
+
         Example:
             >>> def doubled(flow: Flow[int]) -> Flow[int]:
             ...     return flow.map(lambda x: x * 2)
@@ -473,8 +517,8 @@ class Flow(Generic[T_co]):
 
         Demand: 1:1, passed straight upstream.
 
-        Errors: a raising ``mapper`` (or one returning ``None``) cancels
-        upstream and becomes ``on_error``.
+        Errors: a raising ``mapper`` cancels upstream and becomes ``on_error``;
+        one returning ``None`` does the same with ``NoneItemError``.
 
         Example:
             >>> Flow.range(3).map(lambda x: x * 10).to_list()
@@ -874,6 +918,66 @@ class Flow(Generic[T_co]):
 
         return _combining.zip_(sources, prefetch)
 
+    def merge_with(
+        self, *others: Publisher[U], max_concurrency: int = 256, prefetch: int = 32
+    ) -> Flow[T_co | U]:
+        """This flow's items and those of ``others``, interleaved as they arrive.
+
+        ::
+
+            ^-a---b-|
+            ^---1---2-|   merge_with   ^-a-1-b-2-|
+
+        The instance form of ``Flow.merge(self, *others)`` (``a.merge(b)``
+        raises ``TypeError``: through an instance, a static ``merge`` would
+        silently leave ``a`` out).
+
+        Demand: as ``merge``: each source is asked for ``prefetch`` items and
+        replenished at 75%; items reach downstream only against its demand.
+
+        Example:
+            >>> sorted(Flow.range(2).merge_with(Flow.range(10, 12)).to_list())
+            [0, 1, 10, 11]
+        """
+        return Flow.merge(self, *others, max_concurrency=max_concurrency, prefetch=prefetch)
+
+    def concat_with(self, *others: Publisher[U]) -> Flow[T_co | U]:
+        """This flow's items, then those of each of ``others`` in turn.
+
+        ::
+
+            ^-a-b-|  ^-1-2-|   concat_with   ^-a-b-1-2-|
+
+        The instance form of ``Flow.concat(self, *others)``.
+
+        Demand: as ``concat``: the outstanding downstream demand carries over
+        from one source to the next.
+
+        Example:
+            >>> Flow.range(2).concat_with(Flow.just(7)).to_list()
+            [0, 1, 7]
+        """
+        return Flow.concat(self, *others)
+
+    def zip_with(self, other: Publisher[U], prefetch: int = 32) -> Flow[tuple[T_co, U]]:
+        """Pair this flow's n-th item with ``other``'s n-th item.
+
+        ::
+
+            ^-a---b---c-|
+            ^---1---2-|     zip_with   ^---(a,1)-(b,2)-|
+
+        The instance form of ``Flow.zip(self, other)``.
+
+        Demand: as ``zip``: each source is asked for ``prefetch`` items and
+        replenished at 75%; a pair is emitted only against downstream demand.
+
+        Example:
+            >>> Flow.just("a", "b").zip_with(Flow.range(5)).to_list()
+            [('a', 0), ('b', 1)]
+        """
+        return Flow.zip(self, other, prefetch=prefetch)
+
     # -- fan-out for work distribution -------------------------------------------------
 
     def balance(self, n: int, buffer_size: int = 16) -> list[Flow[T_co]]:
@@ -1039,9 +1143,41 @@ class Flow(Generic[T_co]):
 
         Demand: 1:1, passed straight upstream.
 
-        Errors: a raising ``action`` cancels upstream and becomes ``on_error``.
+        Cancellation: passed straight upstream.
+
+        Errors: a raising ``action`` cancels upstream and becomes ``on_error``
+        in place of the item.
+
+        Example:
+            >>> Flow.range(2).do_on_next(print).to_list()
+            0
+            1
+            [0, 1]
         """
-        return _transform.do_on_next(self, action)
+        return _side_effects.do_on_next(self, action)
+
+    def do_on_subscribe(self, action: Callable[[Subscription], object]) -> Flow[T_co]:
+        """Call ``action(subscription)`` with upstream's subscription, before downstream has one.
+
+        ::
+
+            ^-a-|  do_on_subscribe(f)  ^-a-|   (f(s) ran before downstream's on_subscribe)
+
+        Demand: 1:1, passed straight upstream. ``action`` runs before
+        downstream can request, so no item has flowed yet (it may request
+        or cancel on the subscription itself).
+
+        Cancellation: passed straight upstream.
+
+        Errors: a raising ``action`` cancels upstream; downstream receives a
+        subscription with nothing behind it, then ``on_error`` with the fault.
+
+        Example:
+            >>> Flow.just(1).do_on_subscribe(lambda s: print("subscribed")).to_list()
+            subscribed
+            [1]
+        """
+        return _side_effects.do_on_subscribe(self, action)
 
     def do_on_request(self, action: Callable[[int], object]) -> Flow[T_co]:
         """Call ``action(n)`` for each downstream ``request(n)``, then pass it upstream.
@@ -1052,10 +1188,19 @@ class Flow(Generic[T_co]):
 
         Demand: 1:1, passed straight upstream after ``action`` saw it.
 
+        Cancellation: passed straight upstream.
+
         Errors: a raising ``action`` is reported to the undeliverable hook and
         the request still goes through (``request`` must return normally, Rule 3.16).
+
+        Example:
+            >>> seen = []
+            >>> Flow.range(3).do_on_request(seen.append).take(2).to_list()
+            [0, 1]
+            >>> seen
+            [2]
         """
-        return _transform.do_on_request(self, action)
+        return _side_effects.do_on_request(self, action)
 
     def do_on_cancel(self, action: Callable[[], object]) -> Flow[T_co]:
         """Call ``action()`` when downstream cancels, then cancel upstream.
@@ -1066,9 +1211,125 @@ class Flow(Generic[T_co]):
 
         Demand: 1:1, passed straight upstream.
 
-        Errors: a raising ``action`` is reported; upstream is still cancelled.
+        Cancellation: ``action`` runs on the first ``cancel`` only, unless the
+        stream had already ended; then upstream is cancelled.
+
+        Errors: a raising ``action`` is reported; upstream is still cancelled
+        (``cancel`` must return normally, Rule 3.15).
+
+        Example:
+            >>> Flow.range(10).do_on_cancel(lambda: print("cancelled")).first()
+            cancelled
+            0
         """
-        return _transform.do_on_cancel(self, action)
+        return _side_effects.do_on_cancel(self, action)
+
+    def do_on_error(self, action: Callable[[Exception], object]) -> Flow[T_co]:
+        """Call ``action(error)`` when upstream fails, before the error goes on.
+
+        ::
+
+            ^-a-b-X  do_on_error(f)  ^-a-b-X   (f(X) ran first)
+
+        Demand: 1:1, passed straight upstream (a Rule 3.9 bad request is an
+        upstream error like any other: ``action`` sees it).
+
+        Cancellation: passed straight upstream; ``action`` does not run.
+
+        Errors: a raising ``action`` replaces the error: downstream receives
+        the fault, with the upstream error as its ``__context__``.
+
+        Example:
+            >>> failing = Flow.concat(Flow.just(1), Flow.error(KeyError("k")))
+            >>> logged = failing.do_on_error(lambda e: print("failed:", repr(e)))
+            >>> logged.on_error_return(-1).to_list()
+            failed: KeyError('k')
+            [1, -1]
+        """
+        return _side_effects.do_on_error(self, action)
+
+    def do_on_complete(self, action: Callable[[], object]) -> Flow[T_co]:
+        """Call ``action()`` when upstream completes, before the completion goes on.
+
+        ::
+
+            ^-a-b-|  do_on_complete(f)  ^-a-b-|   (f() ran first)
+
+        Demand: 1:1, passed straight upstream.
+
+        Cancellation: passed straight upstream; ``action`` does not run.
+
+        Errors: a raising ``action`` replaces the completion with ``on_error``
+        (upstream is over: there is nothing to cancel). An upstream error
+        passes through without calling ``action``.
+
+        Example:
+            >>> Flow.range(2).do_on_complete(lambda: print("done")).to_list()
+            done
+            [0, 1]
+        """
+        return _side_effects.do_on_complete(self, action)
+
+    def do_on_terminate(self, action: Callable[[], object]) -> Flow[T_co]:
+        """Call ``action()`` when upstream completes or fails, before that signal goes on.
+
+        ::
+
+            ^-a-|  do_on_terminate(f)  ^-a-|   (f() ran first)
+            ^-a-X  do_on_terminate(f)  ^-a-X   (f() ran first)
+
+        Demand: 1:1, passed straight upstream.
+
+        Cancellation: passed straight upstream; ``action`` does not run
+        (``do_finally`` runs for a cancel too).
+
+        Errors: a raising ``action`` replaces the signal with ``on_error``
+        of the fault; the upstream error, if there was one, is the fault's
+        ``__context__``.
+
+        Example:
+            >>> Flow.range(2).do_on_terminate(lambda: print("over")).to_list()
+            over
+            [0, 1]
+        """
+        return _side_effects.do_on_terminate(self, action)
+
+    def do_finally(self, action: Callable[[SignalType], object]) -> Flow[T_co]:
+        """Call ``action(signal)`` once, after the stream ended for downstream.
+
+        ``signal`` says how: ``SignalType.ON_COMPLETE`` or
+        ``SignalType.ON_ERROR`` after that signal was delivered downstream,
+        ``SignalType.CANCEL`` after a downstream cancel reached upstream.
+
+        ::
+
+            ^-a-b-|  do_finally(f)  ^-a-b-|   then f(ON_COMPLETE)
+            ^-a-b-X  do_finally(f)  ^-a-b-X   then f(ON_ERROR)
+            ^-a-b-!  do_finally(f)  ^-a-b-!   then f(CANCEL)
+
+        Demand: 1:1, passed straight upstream.
+
+        Cancellation: cancels upstream, then runs ``action(CANCEL)``.
+        Exactly once even when a cancel on one thread races upstream's
+        terminal signal on another: whichever comes first ends the stream
+        and runs ``action``; a terminal signal that loses is not delivered
+        (an error goes to the undeliverable hook, Rule 1.7). A downstream
+        whose ``on_next`` or ``on_subscribe`` raises (Rule 2.13) ends it
+        with ``ON_ERROR``.
+
+        Errors: upstream errors pass through. A raising ``action`` goes to
+        the undeliverable hook: the stream is already over.
+
+        Example:
+            >>> seen = []
+            >>> Flow.range(3).do_finally(seen.append).to_list()
+            [0, 1, 2]
+            >>> Flow.range(9).do_finally(seen.append).take(1).to_list()
+            [0]
+            >>> [signal.name for signal in seen]
+            ['ON_COMPLETE', 'CANCEL']
+        """
+        return _side_effects.do_finally(self, action)
 
     # -- time, retry and concurrency ---------------------------------------------------
 
@@ -1136,7 +1397,7 @@ class Flow(Generic[T_co]):
     def retry(
         self,
         max_attempts: int,
-        backoff: Backoff | None = None,
+        backoff: Backoff | RetryPolicy | None = None,
         retry_on: RetryOn | None = None,
         scheduler: Scheduler | None = None,
     ) -> Flow[T_co]:
@@ -1150,7 +1411,11 @@ class Flow(Generic[T_co]):
         ``backoff`` sets the wait before each retry (default: none), e.g.
         ``Backoff.exponential(base=0.1, factor=2.0, cap=10.0, jitter="full",
         random=random.Random(seed))`` waits ``uniform(0, min(cap, base *
-        factor**k))`` before retry ``k``. ``retry_on`` (exception type(s) or a
+        factor**k))`` before retry ``k``. Any ``RetryPolicy`` (an object with
+        ``delay_for(attempt, error) -> seconds``) may stand in for a ``Backoff``
+        when the wait depends on the error: ``RetryAfter`` from
+        ``reactive_bp.connectors.http`` waits what a 429/503 response's
+        ``Retry-After`` says, capped. ``retry_on`` (exception type(s) or a
         predicate) says which errors are retried (default: all).
 
         Demand: 1:1. What downstream requested and did not receive carries
@@ -1932,9 +2197,16 @@ class Flow(Generic[T_co]):
     ) -> Disposable:
         """Subscribe with callbacks; return a handle whose ``dispose()`` cancels.
 
-        ``request`` is the demand policy (default ``RequestPolicy.unbounded()``;
+        ::
+
+            ^-a-b-|   subscribe_with(f, g, h)   f(a) f(b) h()
+
+        Demand: ``request`` is the demand policy (default ``RequestPolicy.unbounded()``;
         see ``RequestPolicy.batch(n)`` and ``RequestPolicy.one_by_one()``).
-        Without ``on_error``, an error goes to the undeliverable hook.
+
+        Cancellation: ``dispose()`` on the returned handle.
+
+        Errors: without ``on_error``, an error goes to the undeliverable hook.
         """
         return _lambda.subscribe_with(self, on_next, on_error, on_complete, request)
 
@@ -1985,18 +2257,41 @@ class Flow(Generic[T_co]):
         return _pull.blocking_iter(self, prefetch, timeout)
 
     async def to_list_async(self) -> list[T_co]:
-        """Collect every item without blocking the event loop."""
+        """Collect every item without blocking the event loop.
+
+        ::
+
+            ^-a-b-c-|   await to_list_async()   [a, b, c]
+
+        Demand: as ``aiter()``: at most 256 items requested ahead of the collected ones.
+
+        Cancellation: cancelling the awaiting task cancels the subscription.
+        """
         return await _pull.collect_async(self, None)
 
     async def first_async(self) -> T_co:
-        """Return the first item (``EmptyFlowError`` if none) without blocking the loop."""
+        """Return the first item (``EmptyFlowError`` if none) without blocking the loop.
+
+        ::
+
+            ^-a-b-c-|   await first_async()   a   (cancelled after a)
+
+        Demand: ``request(1)``, then cancel once the item arrived.
+        """
         items = await _pull.collect_async(self, 1)
         if not items:
             raise _blocking.EmptyFlowError(f"{self!r} completed without items")
         return items[0]
 
     async def last_async(self) -> T_co:
-        """Return the last item (``EmptyFlowError`` if none) without blocking the loop."""
+        """Return the last item (``EmptyFlowError`` if none) without blocking the loop.
+
+        ::
+
+            ^-a-b-c-|   await last_async()   c
+
+        Demand: unbounded; only the newest item is kept, so memory stays constant.
+        """
         items = await _pull.collect_async(self.reduce(_newest), None)
         if not items:
             raise _blocking.EmptyFlowError(f"{self!r} completed without items")
@@ -2005,16 +2300,29 @@ class Flow(Generic[T_co]):
     def to_observable(self) -> reactivex.Observable[T_co]:
         """A reactivex Observable of this flow (the ``rx`` extra); it requests everything.
 
-        An Observer cannot signal demand, so the subscription requests
-        ``2**63 - 1``; put a strategy operator before it if the flow is fast.
-        Disposing the Observable subscription cancels the flow.
+        ::
+
+            ^-a-b-|   to_observable()   an Observable: a b |
+
+        Demand: unbounded: an Observer cannot signal demand, so the subscription
+        requests ``2**63 - 1``; put a strategy operator before it if the flow is fast.
+
+        Cancellation: disposing the Observable subscription cancels the flow.
         """
         return _rx.to_observable(self)
 
     def to_list(self, timeout: float | None = None) -> list[T_co]:
         """Block until completion and return all items (re-raises an ``on_error``).
 
-        Raises ``TimeoutError`` after ``timeout`` seconds (the subscription is
+        ::
+
+            ^-a-b-c-|   to_list()   [a, b, c]
+
+        Demand: unbounded: everything is requested at once (``2**63 - 1``).
+
+        Cancellation: after ``timeout`` seconds.
+
+        Errors: ``TimeoutError`` after ``timeout`` seconds (the subscription is
         cancelled), and ``RuntimeError`` at once on a thread running an asyncio
         event loop, which it would block: use ``await flow.to_list_async()``.
         """
@@ -2023,20 +2331,69 @@ class Flow(Generic[T_co]):
     def first(self, timeout: float | None = None) -> T_co:
         """Request one item, cancel, and return it (``LookupError`` if empty).
 
-        ``RuntimeError`` on a thread running an event loop: ``await flow.first_async()``.
+        ::
+
+            ^-a-b-c-|   first()   a   (cancelled after a)
+
+        Demand: ``request(1)``, then cancel once the item arrived.
+
+        Errors: ``EmptyFlowError`` (a ``LookupError``) on completion without items,
+        ``TimeoutError`` after ``timeout`` seconds, ``RuntimeError`` on a thread running
+        an event loop: ``await flow.first_async()``.
         """
         return _blocking.first(self, timeout)
 
     def last(self, timeout: float | None = None) -> T_co:
         """Block until completion and return the last item (``LookupError`` if empty).
 
-        ``RuntimeError`` on a thread running an event loop: ``await flow.last_async()``.
+        ::
+
+            ^-a-b-c-|   last()   c
+
+        Demand: unbounded; only the newest item is kept, so memory stays constant.
+
+        Errors: ``EmptyFlowError`` (a ``LookupError``) on completion without items,
+        ``TimeoutError`` after ``timeout`` seconds, ``RuntimeError`` on a thread running
+        an event loop: ``await flow.last_async()``.
         """
         return _blocking.last(self, timeout)
 
 
 # Implementations import Flow, so they are bound after the class exists.
 from .adapters import _pull, _rx  # noqa: E402
-from .operators import _aggregate, _filtering, _lift, _transform  # noqa: E402
+from .operators import _aggregate, _filtering, _lift, _side_effects, _transform  # noqa: E402
 from .sources import _async, _generate, _iterable, _publisher, _push, _simple  # noqa: E402
 from .subscribers import _blocking, _lambda  # noqa: E402
+
+
+class _StaticFactory:
+    """A static combining factory that refuses to be called through an instance.
+
+    ``a.merge(b)`` would call the static ``Flow.merge(b)`` and silently leave
+    ``a`` out; through an instance the call raises ``TypeError`` naming the
+    instance form (``merge_with``) instead. Through the class nothing changes.
+    """
+
+    __slots__ = ("_function", "_name")
+
+    def __init__(self, name: str, function: Callable[..., object]) -> None:
+        self._name = name
+        self._function = function
+
+    def __get__(self, instance: object, owner: type | None = None) -> Callable[..., object]:
+        if instance is None:
+            return self._function
+        name = self._name
+
+        def refused(*_args: object, **_kwargs: object) -> object:
+            raise TypeError(
+                f"Flow.{name} is a static factory: call Flow.{name}(a, b, ...), or "
+                f"a.{name}_with(b, ...) to include a; a.{name}(b) would leave a out"
+            )
+
+        return refused
+
+
+for _name in ("merge", "concat", "zip"):
+    setattr(Flow, _name, _StaticFactory(_name, getattr(Flow, _name)))
+del _name

@@ -30,8 +30,9 @@ and, with the ``metrics`` extra installed, export it::
 
 from __future__ import annotations
 
+import operator
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ._core._push import BufferStats
@@ -99,6 +100,9 @@ class BackpressureMeter:
         with self._lock:
             total = dict(self._retired)
             total["dropped_by_reason"] = dict(self._retired["dropped_by_reason"])  # type: ignore[call-overload]
+            for key in _EXTRA_SERIES:
+                if key in total:
+                    total[key] = dict(total[key])  # type: ignore[call-overload]
             kept = [stats.snapshot() for stats in self._stats]
         for snapshot in kept:
             _add(total, snapshot)
@@ -139,8 +143,24 @@ def _add(total: dict[str, object], snapshot: dict[str, object]) -> None:
     assert isinstance(more, dict)
     for reason, count in more.items():
         by_reason[reason] = by_reason.get(reason, 0) + count
+    for key, combine in _EXTRA_SERIES.items():
+        extra = snapshot.get(key)
+        if not extra:
+            continue
+        assert isinstance(extra, dict)
+        into = total.setdefault(key, {})
+        assert isinstance(into, dict)
+        for name, value in extra.items():
+            into[name] = combine(into[name], value) if name in into else value
     if "subscriptions" in total and "subscriptions" not in snapshot:
         total["subscriptions"] = _num(total["subscriptions"]) + 1
+
+
+# Optional extra series a stats owner may add to its snapshot (``{name: value}``),
+# and how the values of several subscriptions combine: "gauges" add up (like
+# depth: requests in flight), "maxima" take the largest (a latency percentile:
+# the largest of several groups' p99 bounds the p99 of their union).
+_EXTRA_SERIES: dict[str, Callable[[float, float], float]] = {"gauges": operator.add, "maxima": max}
 
 
 def _num(value: object) -> float:
@@ -160,6 +180,10 @@ class PrometheusCollector:
       producer kept the item)
     * ``<namespace>_backpressured_seconds_total`` (counter)
     * ``<namespace>_queue_depth`` and ``_queue_peak_depth`` (gauges)
+    * ``<namespace>_<name>`` (gauges) for each extra series a stats owner adds to
+      its snapshot under ``"gauges"`` (summed over subscriptions) or ``"maxima"``
+      (the largest): ``LoadShedding`` adds ``in_flight`` and ``wait_seconds_p50``,
+      ``_p90``, ``_p99``, ``_max``
     """
 
     def __init__(self, meters: Sequence[BackpressureMeter], namespace: str = "reactive_bp") -> None:
@@ -195,8 +219,10 @@ class PrometheusCollector:
         )
         depth = GaugeMetricFamily(f"{ns}_queue_depth", "Items held now", labels=["stream"])
         peak = GaugeMetricFamily(f"{ns}_queue_peak_depth", "Most items held", labels=["stream"])
+        read: list[tuple[str, dict[str, object]]] = []
         for meter in self._meters:
             total = meter.totals()
+            read.append((meter.name, total))
             label = [meter.name]
             produced.add_metric(label, _num(total["produced"]))
             delivered.add_metric(label, _num(total["delivered"]))
@@ -209,6 +235,28 @@ class PrometheusCollector:
             for reason, count in sorted(by_reason.items()):
                 dropped.add_metric([meter.name, reason], count)
         yield from (produced, delivered, dropped, refused, pressured, depth, peak)
+        yield from self._extra_families(read)
+
+    def _extra_families(self, read: list[tuple[str, dict[str, object]]]) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        families: dict[str, GaugeMetricFamily] = {}
+        for stream, total in read:
+            for key in _EXTRA_SERIES:
+                extra = total.get(key)
+                if not isinstance(extra, dict):
+                    continue
+                for name, value in sorted(extra.items()):
+                    family = families.get(name)
+                    if family is None:
+                        how = "sum" if key == "gauges" else "largest"
+                        family = families[name] = GaugeMetricFamily(
+                            f"{self._namespace}_{name}",
+                            f"{name} ({how} over subscriptions)",
+                            labels=["stream"],
+                        )
+                    family.add_metric([stream], _num(value))
+        yield from families.values()
 
     def describe(self) -> list[Metric]:
         """No up-front description: families are built at scrape time."""

@@ -170,8 +170,11 @@ class Unbounded:
 
 
 UNBOUNDED_BY_DESIGN: Final = Unbounded()
+"""``upstream_bound`` for an operator that requests everything upstream (``UNBOUNDED``)."""
 
 UpstreamBound: TypeAlias = "int | Unbounded | Callable[[int], int]"
+"""How much upstream outstanding demand an operator may hold: a constant, ``UNBOUNDED_BY_DESIGN``,
+or a function of the downstream outstanding demand (``SAME_AS_DOWNSTREAM``, ``per_output(n)``)."""
 
 
 def _same_as_downstream(outstanding: int) -> int:
@@ -242,6 +245,7 @@ class Cancel:
 
 
 Step: TypeAlias = Request | Emit | Complete | Fail | Cancel
+"""One step of a schedule: downstream requests or cancels, upstream emits, completes or fails."""
 
 
 def schedules(

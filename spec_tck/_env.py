@@ -72,11 +72,19 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_TIMEOUT_ENV: Final = "SPEC_TCK_DEFAULT_TIMEOUT_MS"
+"""Environment variable: every wait for a signal, in ms (default 1000; ends at the signal)."""
 NO_SIGNALS_TIMEOUT_ENV: Final = "SPEC_TCK_NO_SIGNALS_TIMEOUT_MS"
+"""Environment variable: each "nothing more arrives" window, in ms (default 50)."""
 POLL_TIMEOUT_ENV: Final = "SPEC_TCK_POLL_TIMEOUT_MS"
+"""Environment variable: the slice in which waits re-check, in ms (default 10)."""
 GC_TIMEOUT_ENV: Final = "SPEC_TCK_GC_TIMEOUT_MS"
+"""Environment variable: how long a cancelled subscriber may stay reachable (Rule 3.13), in ms
+(default 1000)."""
 QUIET_ENV: Final = "SPEC_TCK_QUIET_MS"
+"""Environment variable: the final window watched for late signals, in ms (default 100; 0: off)."""
 CALL_TIMEOUT_ENV: Final = "SPEC_TCK_CALL_TIMEOUT_MS"
+"""Environment variable: one call into the code under test, in ms (default 5 x the default
+timeout, at least 500); a call still running then fails its check with the stuck stack."""
 DEBUG_ENV: Final = "SPEC_TCK_DEBUG"
 
 _DEFAULTS_MS: Final[dict[str, float | None]] = {

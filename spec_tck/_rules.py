@@ -99,6 +99,7 @@ RULE_TEXTS: Final[dict[str, str]] = {
     "4.1": "A processor is both a subscriber and a publisher and obeys both contracts.",
     "4.2": "A processor either recovers from on_error or passes it on to its subscribers.",
 }
+"""Each rule's text in one line, keyed by rule id (``"3.9"``): what an untested rule reports."""
 
 RULE_FIXES: Final[dict[str, str]] = {
     "1.1": "count demand per subscription and stop emitting at zero",

@@ -15,6 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from reactive_bp.testing import capture_undeliverable
+from tests.brokers import nats_server, rabbitmq_server, redis_server
+
+__all__ = ["nats_server", "rabbitmq_server", "redis_server"]  # session fixtures, shared
 
 
 class _Guard:

@@ -9,10 +9,12 @@ the glob.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -83,25 +85,76 @@ def _count(cell: str) -> int:
     return int(cell.replace(",", ""))
 
 
+_DONE_LINE = re.compile(
+    r"^\s*(?P<name>.+?)\s+produced\s+(?P<produced>[\d,]+)\s+delivered\s+(?P<delivered>[\d,]+)"
+    r"\s+dropped\s+(?P<dropped>[\d,]+)\s+queued\s+(?P<queued>[\d,]+)\s+done$",
+    re.MULTILINE,
+)
+_PEAK_NOTE = re.compile(
+    r"Note \((?P<name>strategy: [^)]+\))\): peak queue (?P<peak>[\d,]+) = (?P<held>[\d,]+) "
+    r"held by the strategy .*?\+ (?P<inbox>[\d,]+) already delivered into the consumer's inbox"
+)
+
+
+def _check_strategy_scenes(
+    output: str, lossy: list[dict[str, str]], pulled: dict[str, str], batch: int = 256
+) -> None:
+    """Strategy rows: drops counted apart from the queue, the peak explained, a fair producer."""
+    done = {m["name"]: m for m in _DONE_LINE.finditer(output)}
+    for row in lossy:
+        produced, delivered, dropped = (
+            _count(row[column]) for column in ("produced", "delivered", "dropped")
+        )
+        assert dropped > 0, row  # the producer outpaces the consumer: the strategy drops
+        assert delivered + dropped <= produced, row
+        # The last progress line counts dropped readings apart: "queued" is only what
+        # still waits (at most the operator's capacity plus one request), never the drops.
+        line = done[row["scenario"]]
+        assert _count(line["dropped"]) == dropped, (line.group(0), row)
+        assert _count(line["queued"]) <= 256 + batch, line.group(0)
+        assert _count(line["delivered"]) + _count(line["dropped"]) + _count(
+            line["queued"]
+        ) <= _count(line["produced"]), line.group(0)
+    # A peak above the operator's capacity is explained: what the strategy held plus what
+    # it had already delivered into the consumer's inbox (at most one request's worth).
+    notes = {m["name"]: m for m in _PEAK_NOTE.finditer(output)}
+    for row in lossy:
+        note = notes[row["scenario"]]
+        held, inbox = _count(note["held"]), _count(note["inbox"])
+        assert _count(note["peak"]) == held + inbox == _count(row["peak queue"]), note.group(0)
+        assert held <= 256 and inbox <= batch, note.group(0)
+    # The producer yields the GIL fairly: a strategy's consumer gets through about as many
+    # readings as the pulling consumer (a producer that hogs the GIL left it under 10%).
+    buffered = next(row for row in lossy if "on_backpressure_buffer" in row["scenario"])
+    assert _count(buffered["delivered"]) >= _count(pulled["delivered"]) / 3, (buffered, pulled)
+
+
 def test_demo_reactive_bp_queue_is_bounded() -> None:
     completed = _run(EXAMPLES_DIR / "demo.py")
     assert completed.returncode == 0, completed.stderr
     rows = _table_rows(completed.stdout)
-    assert {"scenario", "produced", "delivered", "peak queue", "peak memory"} <= set(rows[0])
+    assert {"scenario", "produced", "delivered", "dropped", "peak queue", "peak memory"} <= set(
+        rows[0]
+    )
 
     unbounded = [row for row in rows if row["scenario"].startswith("no backpressure")]
     bounded = [row for row in rows if row["scenario"].startswith("reactive_bp")]
+    lossy = [row for row in rows if row["scenario"].startswith("strategy:")]
     assert len(unbounded) == 1
     assert bounded
+    assert lossy
 
     for row in bounded:
-        produced, delivered, peak = (
-            _count(row[column]) for column in ("produced", "delivered", "peak queue")
+        produced, delivered, dropped, peak = (
+            _count(row[column]) for column in ("produced", "delivered", "dropped", "peak queue")
         )
-        # request(256): the producer is never more than one request ahead.
+        # request(256): the producer is never more than one request ahead, and nothing is lost.
         assert 0 < peak <= 256, row
+        assert dropped == 0, row
         assert delivered <= produced <= delivered + 256, row
     assert "Verdict:" in completed.stdout
+
+    _check_strategy_scenes(completed.stdout, lossy, bounded[0])
 
     # The multicast scene: WAIT loses nothing and holds at most buffer_size; the lossy
     # policies account for every reading (received + missed == offered).
@@ -113,3 +166,57 @@ def test_demo_reactive_bp_queue_is_bounded() -> None:
     assert _count(wait["peak held (sampled)"]) <= 64
     for row in hot.values():
         assert _count(row["slow received"]) + _count(row["slow missed"]) == _count(row["offered"])
+
+
+def _strategies_module() -> ModuleType:
+    """``examples/strategies.py``, imported by path (the examples are not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "strategies_example", EXAMPLES_DIR / "strategies.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_strategy_fates_show_which_readings_survive() -> None:
+    """The item strips in docs/choosing-a-strategy.md: which readings of a burst get through.
+
+    Burst 2 is readings 30-59 (the first burst starts before the consumer's first request).
+    """
+    strategies = _strategies_module()
+    by_name = {s.name: s for s in strategies.STRATEGIES}
+
+    def delivered(name: str) -> set[int]:
+        timeline = strategies.simulate(by_name[name], 6.0)
+        return {i for i, fate in timeline.fates.items() if fate == "delivered"}
+
+    burst = set(range(30, 60))
+    oldest = delivered("on_backpressure_buffer(20, DROP_OLDEST)") & burst
+    newest = delivered("on_backpressure_buffer(20, DROP_NEWEST)") & burst
+    latest = delivered("on_backpressure_latest()") & burst
+    # DROP_OLDEST keeps the end of the burst, DROP_NEWEST its start: same count, other readings.
+    assert len(oldest) == len(newest) == 20
+    assert set(range(40, 60)) <= oldest and 35 not in oldest
+    assert set(range(30, 50)) <= newest and 55 not in newest
+    # latest delivers a few readings, the burst's last one among them.
+    assert 59 in latest and len(latest) <= 3
+
+    ttl = strategies.simulate(by_name["on_backpressure_buffer(20, ttl=1.0)"], 4.0)
+    expired = {i for i, fate in ttl.fates.items() if fate == "ttl"}
+    assert expired and expired <= set(range(60)), expired
+    assert max(expired) == 59  # the end of the burst waits longest behind the consumer
+
+
+def test_lossless_strategies_hold_back_instead_of_dropping() -> None:
+    strategies = _strategies_module()
+    for strategy in strategies.STRATEGIES:
+        if strategy.name.startswith(("throttle(", "buffer_timeout(")):
+            timeline = strategies.simulate(strategy, 4.0)
+            assert timeline.dropped[-1] == 0, strategy.name
+            assert timeline.held_back[-1] > 0, strategy.name
+            # Every offered reading was delivered, is still held, or stayed with the producer.
+            assert timeline.offered[-1] == (
+                timeline.delivered[-1] + timeline.depth[-1] + timeline.held_back[-1]
+            ), strategy.name

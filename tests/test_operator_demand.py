@@ -94,6 +94,11 @@ DEMAND_CASES: list[DemandVerification[int, object]] = [
     lossless("do_on_next", lambda f: f.do_on_next(lambda x: None), list),
     lossless("do_on_request", lambda f: f.do_on_request(lambda n: None), list),
     lossless("do_on_cancel", lambda f: f.do_on_cancel(lambda: None), list),
+    lossless("do_on_subscribe", lambda f: f.do_on_subscribe(lambda s: None), list),
+    lossless("do_on_error", lambda f: f.do_on_error(lambda error: None), list),
+    lossless("do_on_complete", lambda f: f.do_on_complete(lambda: None), list),
+    lossless("do_on_terminate", lambda f: f.do_on_terminate(lambda: None), list),
+    lossless("do_finally", lambda f: f.do_finally(lambda signal: None), list),
     lossless("lift_pipe", lambda f: f.pipe(lambda g: g.map(lambda x: x)), list),
     lossless(
         "flat_map",

@@ -27,6 +27,11 @@ How the rules hold:
   end of its pass. The depth is 1.
 * Demand is read once per pass and reduced once per pass (``produced``), under
   the lock; the per-item path of a pass takes no lock.
+* The locked sections on per-item and per-pass paths are written
+  ``lock.acquire()`` / ``try`` / ``finally: lock.release()``: the same
+  guarantee as ``with lock:`` (released on any exit), at about half its cost
+  on CPython 3.11 (about 900 instead of 2,000 instructions, callgrind), which
+  was a quarter of a ``zip`` row.
 * Rule 3.9: a bad ``request`` is recorded; the loop owner cancels the
   upstreams and signals the error, so it never overlaps an ``on_next``.
 * Rules 1.7, 3.6, 3.7: after a terminal signal or ``cancel`` the loop never
@@ -139,12 +144,16 @@ class QueueDrain(Generic[R_co]):
         if error is not None and terminal.fail(error, eager=True, quiet=True):
             self._halted = True
             self._cancel_upstreams()
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if error is None:
                 self._requested = add_cap(self._requested, n)
             self._wip += 1
             if self._wip != 1:
                 return  # Rule 3.3: the running loop takes the new demand
+        finally:
+            lock.release()
         self._run_drain()
 
     @final
@@ -165,10 +174,14 @@ class QueueDrain(Generic[R_co]):
 
     def _schedule(self) -> None:
         """Announce work (an item, a completion); run the loop if no one else does."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             self._wip += 1
             if self._wip != 1:
                 return
+        finally:
+            lock.release()
         self._run_drain()
 
     def _run_drain(self) -> None:
@@ -283,8 +296,11 @@ class QueueDrain(Generic[R_co]):
             if terminal._closed or actual is None:
                 self._release()  # Rules 3.7, 3.13: cancelled (or delivered)
                 return
-            with lock:
+            lock.acquire()
+            try:
                 requested = self._requested
+            finally:
+                lock.release()
             ending = terminal._ending
             if ending is not None and ending.eager:
                 self._terminate(actual)  # Rule 3.9 / a failed callback cut ahead
@@ -301,13 +317,16 @@ class QueueDrain(Generic[R_co]):
             if terminal._closed:
                 self._release()  # delivered by hook_drain, or cancelled during it
                 return
-            with lock:
+            lock.acquire()
+            try:
                 if emitted:
                     self._requested = produced(self._requested, emitted)
                 self._wip -= missed
                 missed = self._wip
                 if missed == 0:
                     return
+            finally:
+                lock.release()
 
     def _cancel_upstreams(self) -> None:
         try:

@@ -40,6 +40,7 @@ How the rules hold:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Generator
@@ -271,7 +272,10 @@ class _AsyncBridge(_BridgeSubscriber[T]):
             running = None
         if running is self._loop:
             _resolve(waiter)
-        elif not self._loop.is_closed():
+            return
+        # The loop may close between a check and the call: a closed loop has no
+        # consumer left to wake, so its refusal is not an error.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_resolve, waiter)
 
     async def next(self) -> object:

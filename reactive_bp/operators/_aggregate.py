@@ -13,6 +13,7 @@ from .._core._demand import UNBOUNDED, check_request
 from .._core._hooks import report_undeliverable
 from .._core._operator import OperatorSubscriber
 from .._core._signals import signal_complete, signal_error
+from ..sources._iterable import NoneItemError
 from ._lift import LiftFlow
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class _ReduceSubscriber(ScalarResultSubscriber[T, R]):
             return
         value = self._accumulator(current, item)
         if value is None:
-            raise TypeError(f"reduce: {self._accumulator!r} returned None")
+            raise NoneItemError(f"reduce: {self._accumulator!r} returned None")
         self._result = value
 
 

@@ -40,7 +40,7 @@ How the semantics stay those of the unfused chain:
   original as ``__cause__``) that the unfused bridge raises too.
 * ``None`` (Rule 2.13): checked after the source and after every ``map``,
   with the unfused operators' error types and messages (``NoneItemError``
-  naming the source; ``TypeError`` naming the mapper and the item).
+  naming the source, or the mapper and the item).
 * Cancellation and leaving the loop: the subscription closes the fused
   generator and then the source iterator (``aclose``), in one task on the
   pump's loop, as the plain source closes its iterator. The consumer

@@ -53,6 +53,7 @@ from .._core._push import (
 from .._core._queue_drain import QueueDrain
 from ..schedulers import ImmediateScheduler
 from ..schedulers._base import RejectableAction, check_delay
+from ..sources._iterable import NoneItemError
 from ._lift import LiftFlow
 
 if TYPE_CHECKING:
@@ -827,7 +828,7 @@ class _Reduce(StrategySubscriber[T, R]):
         if value is None:
             with self._state:
                 self.stats.count_drop("error", 1 if previous is None else 2)
-            raise TypeError("on_backpressure_reduce: the fold returned None (Rule 2.13)")
+            raise NoneItemError("on_backpressure_reduce: the fold returned None (Rule 2.13)")
         with self._state:
             if previous is not None:
                 self.stats.count_drop("reduced")

@@ -94,7 +94,8 @@ class _FlatMapInner(InnerQueueSubscriber[R]):
 
     An item that finds this inner's queue empty, downstream demand and no
     drain loop running is emitted by the calling thread, which owns the loop
-    for that moment (``_FlatMapMain._emit_direct``); otherwise it is queued as
+    for that moment (``_wip`` 0 -> 1 under the parent's ``_lock``, given back
+    the same way, with one full pass if work arrived meanwhile); otherwise it is queued as
     in ``InnerQueueSubscriber``. Either way it counts as consumed, so demand,
     refill and Rule 1.1 checks are those of the queueing path.
     """
@@ -109,8 +110,51 @@ class _FlatMapInner(InnerQueueSubscriber[R]):
         parent: _FlatMapMain[Any, R] = self._parent  # type: ignore[assignment]
         if parent._halted or self.done:
             return  # Rule 2.8
-        if self.queue or not parent._emit_direct(self, item):
+        if self.queue:
+            super().on_next(item)  # earlier items of this source go first
+            return
+        lock = parent._lock
+        lock.acquire()
+        try:
+            own = parent._wip == 0 and parent._requested != 0 and not parent._scalars
+            if own:
+                parent._wip = 1  # this thread is the loop owner until it lets go
+        finally:
+            lock.release()
+        if not own:
             super().on_next(item)
+            return
+        actual = parent._actual
+        terminal = parent._terminal
+        if actual is None or terminal._ending is not None or terminal._closed or parent._halted:
+            self.queue.append(item)
+            parent._run_drain()  # the loop decides: release, terminate or drain
+            return
+        try:
+            actual.on_next(item)
+        except Exception as fault:  # Rule 2.13: as the loop does
+            parent._loop_fault(actual, fault)
+            return
+        if self._limit != UNBOUNDED:  # consumed(1), inlined: refill at 75%
+            total = self._consumed + 1
+            if total < self._limit:
+                self._consumed = total
+            else:
+                self._consumed = 0
+                if not self.done:
+                    self._subscription.request(total)
+        lock.acquire()
+        try:
+            requested = parent._requested
+            if requested != UNBOUNDED:  # produced(requested, 1), inlined on this hot path
+                parent._requested = requested - 1
+            more = parent._wip != 1
+            if not more:
+                parent._wip = 0
+        finally:
+            lock.release()
+        if more:
+            parent._run_drain()  # request/cancel/items arrived meanwhile: one full pass
 
 
 class _FlatMapMain(QueueDrain[R], Generic[T, R]):
@@ -343,34 +387,6 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
             self._scalar_pos = emitted
             freed = 0
         self._let_go(emitted, freed)
-
-    def _emit_direct(self, inner: InnerQueueSubscriber[R], item: R) -> bool:
-        """Emit ``item`` of ``inner`` now if this thread can own the loop; ``False``: queue it."""
-        lock = self._lock
-        with lock:
-            if self._wip != 0 or self._requested == 0 or self._scalars:
-                return False
-            self._wip = 1  # this thread is the loop owner until it lets go
-        actual = self._actual
-        terminal = self._terminal
-        if actual is None or terminal._ending is not None or terminal._closed or self._halted:
-            inner.queue.append(item)
-            self._run_drain()  # the loop decides: release, terminate or drain
-            return True
-        try:
-            actual.on_next(item)
-        except Exception as fault:  # Rule 2.13: as the loop does
-            self._loop_fault(actual, fault)
-            return True
-        inner.consumed(1)  # loop owner: refill at 75%
-        with lock:
-            self._requested = produced(self._requested, 1)
-            more = self._wip != 1
-            if not more:
-                self._wip = 0
-        if more:
-            self._run_drain()  # request/cancel/items arrived meanwhile: one full pass
-        return True
 
     def _let_go(self, emitted: int, freed: int) -> None:
         """Account a direct emission and give up the loop, or run it if work arrived."""
@@ -1043,18 +1059,23 @@ def concat_map(source: Flow[T], mapper: Callable[[T], Publisher[R]], prefetch: i
 class _ZipInner(InnerQueueSubscriber[object]):
     """A source of ``zip``: completes a tuple at once when its item is the last one missing.
 
-    An item that finds every other source's queue non-empty, downstream
-    demand and no drain loop running is paired by the calling thread, which
-    owns the loop for that moment (``_ZipMain._emit_direct``). An item that
-    cannot complete a tuple (another queue is empty) is queued without a
-    drain pass: the item that fills the last empty queue announces the work.
+    An item that finds its own queue empty, every other source's queue
+    non-empty, downstream demand and no drain loop running is paired and
+    emitted by the calling thread, which owns the loop for that moment
+    (``_ZipMain._wip`` taken from 0 to 1 under ``_lock``). An item that cannot
+    complete a tuple (another queue is empty) is queued without a drain pass:
+    the item that fills the last empty queue announces the work.
     """
 
-    __slots__ = ("_index",)
+    __slots__ = ("_first", "_other_queue", "_others")
 
     def __init__(self, parent: _ZipMain, prefetch: int, index: int) -> None:
         super().__init__(parent, prefetch)
-        self._index = index
+        # Set by the parent once every source exists: the other sources, and
+        # for a zip of two the other's queue and whether this one is first.
+        self._others: tuple[InnerQueueSubscriber[object], ...] = ()
+        self._other_queue: deque[object] | None = None
+        self._first = index == 0
 
     @override
     def on_next(self, item: object) -> None:
@@ -1065,22 +1086,118 @@ class _ZipInner(InnerQueueSubscriber[object]):
         if parent._halted or self.done:
             return  # Rule 2.8
         queue = self.queue
-        if len(queue) >= self._prefetch:
+        if queue and len(queue) >= self._prefetch:
             super().on_next(item)  # fails the stream: Rule 1.1
             return
-        for other in parent._inners:
-            if not other.queue and other is not self:
+        other_queue = self._other_queue
+        if other_queue is not None:  # a zip of two
+            if not other_queue:
                 # No tuple can be formed yet. Whoever fills the last empty
                 # queue checks the others after its append, so one of the
                 # appenders always sees every queue non-empty and drains.
                 queue.append(item)
-                for again in parent._inners:
-                    if not again.queue:
-                        return
-                parent._schedule()  # filled meanwhile by another thread
+                if other_queue:
+                    parent._schedule()  # filled meanwhile by another thread
                 return
-        if queue or not parent._emit_direct(self._index, item):
-            super().on_next(item)  # earlier items of this source go first
+        else:
+            others = self._others
+            for other in others:
+                if not other.queue:
+                    queue.append(item)  # as above
+                    for again in others:
+                        if not again.queue:
+                            return
+                    parent._schedule()
+                    return
+        if queue:
+            queue.append(item)  # earlier items of this source go first
+            parent._schedule()
+            return
+        lock = parent._lock
+        lock.acquire()
+        try:
+            own = parent._wip == 0 and parent._requested != 0
+            if own:
+                parent._wip = 1  # this thread is the loop owner until it lets go
+        finally:
+            lock.release()
+        if not own:
+            queue.append(item)
+            parent._schedule()
+            return
+        actual = parent._actual
+        terminal = parent._terminal
+        if actual is None or terminal._ending is not None or terminal._closed or parent._halted:
+            queue.append(item)
+            parent._run_drain()  # the loop decides: release, terminate or drain
+            return
+        # Only the loop owner pops. A loop that ran between our look at the
+        # other queues and our claim may have taken the heads we saw.
+        row: tuple[object, ...]
+        if other_queue is not None:
+            if not other_queue:
+                queue.append(item)
+                parent._run_drain()
+                return
+            row = (item, other_queue.popleft()) if self._first else (other_queue.popleft(), item)
+        else:
+            for other in self._others:
+                if not other.queue:
+                    queue.append(item)
+                    parent._run_drain()
+                    return
+            row = tuple(
+                [item if inner is self else inner.queue.popleft() for inner in parent._inners]
+            )
+        try:
+            actual.on_next(row)
+        except Exception as fault:  # Rule 2.13: as the loop does
+            if terminal._closed:
+                report_undeliverable(fault, f"{parent!r} after terminal/cancel")
+                parent._release()
+            else:
+                parent._terminate(actual, fault)
+            return
+        taken = parent._taken + 1  # _took_one, inlined
+        if taken < parent._limit:
+            parent._taken = taken
+        else:
+            parent._taken = 0
+            for inner in parent._inners:
+                inner.consumed(taken)
+        # done before the queue: items are queued before done is set. A head
+        # we took may have been a finished source's last: a pass completes.
+        over = False
+        if parent._any_done:
+            for inner in parent._inners:
+                if inner.done and not inner.queue:
+                    over = True
+        lock.acquire()
+        try:
+            requested = parent._requested
+            if requested != UNBOUNDED:  # produced(requested, 1), inlined on this hot path
+                parent._requested = requested - 1
+            more = over or parent._wip != 1
+            if not more:
+                parent._wip = 0
+        finally:
+            lock.release()
+        if more:
+            parent._run_drain()  # work arrived meanwhile, or the end: one full pass
+
+    @override
+    def on_error(self, error: Exception) -> None:
+        """Pass the failure to the parent."""
+        self._parent._any_done = True  # type: ignore[attr-defined]  # before done
+        super().on_error(error)
+
+    @override
+    def on_complete(self) -> None:
+        """Mark this source finished and let the parent drain."""
+        if self.done:
+            return
+        self._parent._any_done = True  # type: ignore[attr-defined]  # before done
+        super().on_complete()
 
 
 class _ZipMain(QueueDrain[tuple[object, ...]]):
@@ -1105,18 +1222,24 @@ class _ZipMain(QueueDrain[tuple[object, ...]]):
     meanwhile. An item that cannot complete a tuple is queued without a pass.
     """
 
-    __slots__ = ("_inners", "_limit", "_taken")
+    __slots__ = ("_any_done", "_inners", "_limit", "_taken")
 
     def __init__(self, actual: Subscriber[tuple[object, ...]], count: int, prefetch: int) -> None:
         super().__init__(actual)
-        self._inners: tuple[InnerQueueSubscriber[object], ...] = tuple(
-            _ZipInner(self, prefetch, index) for index in range(count)
-        )
+        inners = tuple(_ZipInner(self, prefetch, index) for index in range(count))
+        for inner in inners:
+            inner._others = tuple(other for other in inners if other is not inner)
+            if count == 2:
+                inner._other_queue = inner._others[0].queue
+        self._inners: tuple[_ZipInner, ...] = inners
         # Every source refills at the same count: tuples taken since the last
         # refill are counted once here instead of per source.
         self._limit = replenish_limit(prefetch) if prefetch < UNBOUNDED else UNBOUNDED
         # Loop owner only. Invariant: _taken < _limit.
         self._taken = 0
+        # Set (never cleared) before any source's done becomes visible: while
+        # it is False, the direct path skips looking for a finished source.
+        self._any_done = False
 
     def start(self, sources: tuple[Flow[object], ...]) -> None:
         actual = self._actual
@@ -1134,54 +1257,6 @@ class _ZipMain(QueueDrain[tuple[object, ...]]):
             except Exception as error:  # a third-party subscribe() that raised
                 self._fail(error)
                 return
-
-    def _emit_direct(self, index: int, item: object) -> bool:
-        """Pair ``item`` (source ``index``) with the other heads now; ``False``: queue it."""
-        with self._lock:
-            if self._wip != 0 or self._requested == 0:
-                return False
-            self._wip = 1  # this thread is the loop owner until it lets go
-        inners = self._inners
-        actual = self._actual
-        terminal = self._terminal
-        if actual is None or terminal._ending is not None or terminal._closed or self._halted:
-            inners[index].queue.append(item)
-            self._run_drain()  # the loop decides: release, terminate or drain
-            return True
-        mine = inners[index]
-        for inner in inners:
-            if not inner.queue and inner is not mine:
-                # A loop that ran between our check and our claim took the
-                # head we saw: queue the item and let a pass decide.
-                mine.queue.append(item)
-                self._run_drain()
-                return True
-        # Only the loop owner pops, and every other queue is non-empty.
-        values = [item if inner is mine else inner.queue.popleft() for inner in inners]
-        try:
-            actual.on_next(tuple(values))
-        except Exception as fault:  # Rule 2.13: as the loop does
-            if terminal._closed:
-                report_undeliverable(fault, f"{self!r} after terminal/cancel")
-                self._release()
-            else:
-                self._terminate(actual, fault)
-            return True
-        self._took_one()
-        # done before the queue: items are queued before done is set. A head
-        # we took may have been a finished source's last: a pass completes.
-        over = False
-        for inner in inners:
-            if inner.done and not inner.queue:
-                over = True
-        with self._lock:
-            self._requested = produced(self._requested, 1)
-            more = over or self._wip != 1
-            if not more:
-                self._wip = 0
-        if more:
-            self._run_drain()  # work arrived meanwhile, or the end: one full pass
-        return True
 
     @override
     def hook_drain(self, actual: Subscriber[tuple[object, ...]], requested: int) -> int:

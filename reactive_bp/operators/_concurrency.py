@@ -46,6 +46,7 @@ from .._core._signals import signal_error
 from .._flow import Flow
 from ..schedulers import AsyncioScheduler, RejectedExecutionError
 from ..schedulers._base import RejectableAction
+from ..sources._iterable import NoneItemError
 
 if TYPE_CHECKING:
     from ..abc import Subscriber, Subscription
@@ -84,7 +85,7 @@ class _Runner(Protocol[T_contra, R]):
 
 def _check_result(fn: object, item: object, value: object) -> None:
     if value is None:
-        raise TypeError(f"map_async: {fn!r} returned None for {item!r}; None is not an item")
+        raise NoneItemError(f"map_async: {fn!r} returned None for {item!r}; None is not an item")
     if inspect.isawaitable(value):
         if inspect.iscoroutine(value):
             value.close()
@@ -235,7 +236,7 @@ class _CoroutineRunner(Generic[T, R]):
         try:
             value = await self._fn(item)
             if value is None:
-                raise TypeError(
+                raise NoneItemError(
                     f"map_async: {self._fn!r} returned None for {item!r}; None is not an item"
                 )
         except asyncio.CancelledError:

@@ -32,8 +32,8 @@ How the semantics stay those of the unfused chain:
   into a ``RuntimeError``) and signalled as itself.
 * ``None`` (Rule 2.13): checked after the source and after every ``map``, in
   the same order and with the same error types and messages as the unfused
-  operators (``NoneItemError`` naming the source; ``TypeError`` naming the
-  mapper and the item), so no user function ever sees ``None``.
+  operators (``NoneItemError`` naming the source, or the mapper and the
+  item), so no user function ever sees ``None``.
 * Cancellation: the drain stops resuming the generator; release closes the
   generator and then the source iterator (a generator source's ``finally``
   runs at cancel, not at garbage collection).
@@ -83,7 +83,7 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
     _MAP: (
         "value = arg{i}(item)",
         "if value is None:",
-        "    raise TypeError(",
+        "    raise NoneItemError(",
         "        f'map: {{arg{i}!r}} returned None for {{item!r}}; None is not an item'",
         "    )",
         "item = value",

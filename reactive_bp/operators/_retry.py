@@ -4,6 +4,11 @@ The wait before retry number ``k`` (``k = 0`` for the first retry) is, with
 full jitter, ``uniform(0, min(cap, base * factor ** k))``: the "exponentially
 increasing random delay" that keeps many failing clients from retrying in
 lock-step. The random source is injectable, so tests fix it with a seed.
+
+The retry loop asks its policy ``delay_for(attempt, error)``, so a wait may
+depend on the error that ended the attempt: any object with that method is a
+``RetryPolicy`` (``Backoff`` ignores the error; ``RetryAfter`` in
+``reactive_bp.connectors.http`` waits what a 429/503's ``Retry-After`` says).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import random as _random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from typing_extensions import override
 
@@ -27,7 +32,7 @@ if TYPE_CHECKING:
     from ..abc import Subscriber, Subscription
     from ..schedulers import Cancellable, Scheduler
 
-__all__ = ["Backoff", "Jitter", "RetryExhaustedError", "RetryOn", "retry"]
+__all__ = ["Backoff", "Jitter", "RetryExhaustedError", "RetryOn", "RetryPolicy", "retry"]
 
 T = TypeVar("T")
 
@@ -36,6 +41,20 @@ Jitter = Literal["full", "equal", "none"]
 
 RetryOn = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
 """Which errors are retried: exception type(s), or a predicate on the error."""
+
+
+@runtime_checkable
+class RetryPolicy(Protocol):
+    """How long ``retry`` waits before a new attempt, given the error that ended the last one.
+
+    ``Backoff`` is one (it ignores the error); ``RetryAfter`` in
+    ``reactive_bp.connectors.http`` is another. ``delay_for`` runs on the
+    thread that signalled the error; what it raises fails the stream.
+    """
+
+    def delay_for(self, attempt: int, error: Exception) -> float:
+        """The wait in seconds (>= 0) before retry ``attempt`` (0 for the first retry)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +135,10 @@ class Backoff:
             return self.random.uniform(0.0, ceiling)
         half = ceiling / 2
         return half + self.random.uniform(0.0, half)
+
+    def delay_for(self, attempt: int, error: Exception) -> float:
+        """``delay(attempt)``: a ``Backoff`` waits the same whatever the error (``RetryPolicy``)."""
+        return self.delay(attempt)
 
 
 class RetryExhaustedError(Exception):
@@ -214,7 +237,7 @@ class _RetrySubscriber(ArbiterRelay[T]):
         actual: Subscriber[T],
         source: Flow[T],
         max_attempts: int,
-        backoff: Backoff,
+        backoff: RetryPolicy,
         retry_on: Callable[[Exception], bool],
         scheduler: Scheduler,
     ) -> None:
@@ -272,8 +295,10 @@ class _RetrySubscriber(ArbiterRelay[T]):
         self._count = 0
         self._active = False
         try:
-            wait = self._backoff.delay(self._attempts - 1)
-        except Exception as fault:  # a broken random source
+            wait = self._backoff.delay_for(self._attempts - 1, error)
+            if not wait >= 0.0:  # also NaN
+                raise ValueError(f"retry: {self._backoff!r} returned a wait of {wait!r}")
+        except Exception as fault:  # a broken random source or policy
             fault.__context__ = error
             self._stop(fault)
             return
@@ -405,7 +430,7 @@ class _RetryFlow(Flow[T]):
         self,
         source: Flow[T],
         max_attempts: int,
-        backoff: Backoff,
+        backoff: RetryPolicy,
         retry_on: Callable[[Exception], bool],
         scheduler: Scheduler,
     ) -> None:
@@ -433,15 +458,18 @@ class _RetryFlow(Flow[T]):
 def retry(
     source: Flow[T],
     max_attempts: int,
-    backoff: Backoff | None,
+    backoff: RetryPolicy | None,
     retry_on: RetryOn | None,
     scheduler: Scheduler | None,
 ) -> Flow[T]:
     """See :meth:`Flow.retry`."""
     if type(max_attempts) is not int or max_attempts < 1:
         raise ValueError(f"retry: max_attempts must be an int >= 1, got {max_attempts!r}")
-    if backoff is not None and not isinstance(backoff, Backoff):
-        raise TypeError(f"retry: backoff must be a Backoff, got {backoff!r}")
+    if backoff is not None and not isinstance(backoff, RetryPolicy):
+        raise TypeError(
+            "retry: backoff must be a Backoff or a RetryPolicy "
+            f"(delay_for(attempt, error) -> seconds), got {backoff!r}"
+        )
     return _RetryFlow(
         source,
         max_attempts,

@@ -1,4 +1,4 @@
-"""1:1 and batching transformations: map, scan, buffer, do_on_*."""
+"""1:1 and batching transformations: map, scan, buffer (the ``do_*`` family: ``_side_effects``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, TypeVar, cast
 from typing_extensions import override
 
 from .._core._demand import check_request, multiply_cap
-from .._core._hooks import report_undeliverable
 from .._core._operator import OperatorSubscriber
 from .._core._signals import signal_complete
+from ..sources._iterable import NoneItemError
 from ._fusion import fuse
 from ._lift import LiftFlow
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .._flow import Flow
     from ..abc import Subscriber
 
-__all__ = ["buffer", "do_on_cancel", "do_on_next", "do_on_request", "map_", "scan"]
+__all__ = ["buffer", "map_", "scan"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,7 +37,7 @@ class _MapSubscriber(OperatorSubscriber[T, R]):
     def hook_on_next(self, item: T) -> None:
         value = self._mapper(item)
         if value is None:
-            raise TypeError(
+            raise NoneItemError(
                 f"map: {self._mapper!r} returned None for {item!r}; None is not an item"
             )
         self._actual.on_next(value)
@@ -52,7 +52,7 @@ class _MapSubscriber(OperatorSubscriber[T, R]):
         try:
             value = self._mapper(item)
             if value is None:
-                raise TypeError(
+                raise NoneItemError(
                     f"map: {self._mapper!r} returned None for {item!r}; None is not an item"
                 )
             downstream_try = self._downstream_try
@@ -92,7 +92,7 @@ class _ScanSubscriber(OperatorSubscriber[T, A]):
         if self._has_value:
             value = self._accumulator(self._value, item)  # type: ignore[arg-type]
             if value is None:
-                raise TypeError(f"scan: {self._accumulator!r} returned None")
+                raise NoneItemError(f"scan: {self._accumulator!r} returned None")
         else:
             value = item  # type: ignore[assignment]
             self._has_value = True
@@ -160,83 +160,3 @@ def buffer(source: Flow[T], count: int) -> Flow[list[T]]:
     if type(count) is not int or count <= 0:
         raise ValueError(f"buffer: count must be a positive int, got {count!r}")
     return LiftFlow(source, partial(_BufferSubscriber, count=count), "buffer")
-
-
-class _DoOnNextSubscriber(OperatorSubscriber[T, T]):
-    __slots__ = ("_action",)
-
-    def __init__(self, actual: Subscriber[T], action: Callable[[T], object]) -> None:
-        super().__init__(actual)
-        self._action = action
-
-    @override
-    def hook_on_next(self, item: T) -> None:
-        self._action(item)
-        self._actual.on_next(item)
-
-    @override
-    def hook_try_on_next(self, item: T) -> bool:
-        self._action(item)
-        return self.emit_conditional(item)
-
-
-def do_on_next(source: Flow[T], action: Callable[[T], object]) -> Flow[T]:
-    """See :meth:`Flow.do_on_next`."""
-    return LiftFlow(source, partial(_DoOnNextSubscriber, action=action), "do_on_next")
-
-
-class _DoOnRequestSubscriber(OperatorSubscriber[T, T]):
-    __slots__ = ("_action",)
-
-    def __init__(self, actual: Subscriber[T], action: Callable[[int], object]) -> None:
-        super().__init__(actual)
-        self._action = action
-
-    @override
-    def hook_on_next(self, item: T) -> None:
-        self._actual.on_next(item)
-
-    @override
-    def hook_try_on_next(self, item: T) -> bool:
-        return self.emit_conditional(item)
-
-    @override
-    def hook_on_request(self, n: int) -> None:
-        try:
-            self._action(n)
-        except Exception as error:  # Rule 3.16: request returns normally
-            report_undeliverable(error, f"do_on_request action {self._action!r}")
-        self._upstream.request(n)
-
-
-def do_on_request(source: Flow[T], action: Callable[[int], object]) -> Flow[T]:
-    """See :meth:`Flow.do_on_request`."""
-    return LiftFlow(source, partial(_DoOnRequestSubscriber, action=action), "do_on_request")
-
-
-class _DoOnCancelSubscriber(OperatorSubscriber[T, T]):
-    __slots__ = ("_action",)
-
-    def __init__(self, actual: Subscriber[T], action: Callable[[], object]) -> None:
-        super().__init__(actual)
-        self._action = action
-
-    @override
-    def hook_on_next(self, item: T) -> None:
-        self._actual.on_next(item)
-
-    @override
-    def hook_try_on_next(self, item: T) -> bool:
-        return self.emit_conditional(item)
-
-    @override
-    def hook_on_cancel(self) -> None:
-        try:
-            self._action()
-        except Exception as error:  # Rule 3.15: cancel returns normally
-            report_undeliverable(error, f"do_on_cancel action {self._action!r}")
-
-
-def do_on_cancel(source: Flow[T], action: Callable[[], object]) -> Flow[T]:
-    """See :meth:`Flow.do_on_cancel`."""
-    return LiftFlow(source, partial(_DoOnCancelSubscriber, action=action), "do_on_cancel")

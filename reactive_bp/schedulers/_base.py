@@ -107,6 +107,11 @@ class RejectableAction:
         """The scheduler will never run this action (it shut down)."""
         self._on_rejected(error)
 
+    @property
+    def run_action(self) -> Action:
+        """What running this action calls (a scheduler that never drops actions may call it)."""
+        return self._run
+
     def __repr__(self) -> str:
         return f"<rejectable {self._run!r}>"
 

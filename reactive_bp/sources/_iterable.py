@@ -22,7 +22,16 @@ T = TypeVar("T")
 
 
 class NoneItemError(TypeError):
-    """A source met ``None``, which is never a valid item (Rule 2.13)."""
+    """``None`` met where an item was due, which is never valid (Rule 2.13).
+
+    Signalled (``on_error``) when a source yields ``None`` (the message names the
+    source), or when a function whose result becomes an item returns ``None``:
+    the mapper of ``map``/``map_async``, the accumulator of ``scan``/``reduce``,
+    the fold of ``on_backpressure_reduce`` (the message names the function and,
+    for a mapper, the item). It is a ``TypeError``, so ``except TypeError`` still
+    catches it. A ``None`` handed to ``on_next`` directly raises a plain
+    ``TypeError`` to the caller instead (Rule 2.13).
+    """
 
 
 _END: Any = object()

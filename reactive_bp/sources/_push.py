@@ -97,7 +97,7 @@ Producer = Callable[[Emitter[T]], object]
 class CreateFlow(Flow[T]):
     """Runs the producer once per subscriber, behind a bounded buffer."""
 
-    __slots__ = ("_capacity", "_on_dropped", "_overflow", "_producer", "_water_marks")
+    __slots__ = ("_capacity", "_meter", "_on_dropped", "_overflow", "_producer", "_water_marks")
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class CreateFlow(Flow[T]):
         overflow: OverflowStrategy,
         on_dropped: Callable[[T], object] | None,
         water_marks: WaterMarks | None = None,
+        meter: BackpressureMeter | None = None,
     ) -> None:
         # Validate eagerly: a bad argument is the caller's error, not the stream's.
         PushBuffer(None, capacity, overflow, on_dropped)
@@ -114,6 +115,7 @@ class CreateFlow(Flow[T]):
         self._overflow = overflow
         self._on_dropped = on_dropped
         self._water_marks = water_marks
+        self._meter = meter
 
     @override
     def _subscribe(self, subscriber: Subscriber[T]) -> None:
@@ -125,6 +127,8 @@ class CreateFlow(Flow[T]):
             name="Flow.create",
             water_marks=self._water_marks,
         )
+        if self._meter is not None:
+            self._meter.attach(buffer.stats)  # before the producer runs: counts from its start
         emitter = Emitter(buffer)
         # A synchronous producer runs inside subscribe(): a WAIT emit there that
         # would have to wait raises instead (the consumer cannot request more

@@ -17,7 +17,7 @@ def capture_undeliverable() -> Iterator[list[tuple[BaseException, str]]]:
 
     Example:
         >>> with capture_undeliverable() as reported:
-        ...     Flow.error(ValueError("boom")).subscribe_with()  # no on_error callback
+        ...     _ = Flow.error(ValueError("boom")).subscribe_with()  # no on_error callback
         >>> type(reported[0][0]).__name__
         'ValueError'
     """

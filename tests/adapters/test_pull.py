@@ -15,8 +15,9 @@ from typing_extensions import override
 
 from reactive_bp import EmptyFlowError, Flow
 from reactive_bp.abc import Subscriber
+from reactive_bp.adapters._pull import _AsyncBridge
 from reactive_bp.schedulers import ThreadPoolScheduler
-from reactive_bp.testing import TestPublisher
+from reactive_bp.testing import TestPublisher, capture_undeliverable
 
 pytestmark = pytest.mark.no_undeliverable
 
@@ -405,3 +406,24 @@ def test_an_error_is_never_seen_as_done_under_a_racing_consumer() -> None:
             assert items == [1, 2]
     finally:
         sys.setswitchinterval(previous)
+
+
+def test_a_signal_racing_the_loop_closing_wakes_nobody_and_is_not_an_error() -> None:
+    """The async bridge's consumer sleeps on a future of its loop; the loop closes; a
+    producer thread's next item then finds nobody to wake. The loop may close between
+    the bridge's look at it and its ``call_soon_threadsafe`` (simulated: ``is_closed``
+    still says no): that refusal is neither the producer's error nor an undeliverable
+    one."""
+    loop = asyncio.new_event_loop()
+    bridge: _AsyncBridge[int] = _AsyncBridge(4, loop)
+    upstream = TestPublisher[int]()
+    upstream.subscribe(bridge)
+    bridge._sleep_on(loop.create_future())  # the consumer is asleep, waiting for an item
+    loop.close()
+    loop.is_closed = lambda: False  # type: ignore[method-assign]  # the check-then-call race
+    try:
+        with capture_undeliverable() as reported:
+            upstream.send_next(1)  # on the producer's thread: must neither raise nor report
+    finally:
+        del loop.is_closed  # the loop's own again (its finalizer asks it)
+    assert reported == []

@@ -420,7 +420,7 @@ def test_none_from_the_source_and_from_a_mapper() -> None:
     assert type(error) is NoneItemError and "from_async_iterable" in str(error)
     assert from_mapper.items == [1]
     [error] = from_mapper.errors
-    assert type(error) is TypeError and "returned None for 2" in str(error)
+    assert type(error) is NoneItemError and "returned None for 2" in str(error)
 
 
 def test_cancel_closes_the_source_once_and_drops_the_subscriber_rule_3_13() -> None:

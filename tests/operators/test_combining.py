@@ -1116,3 +1116,23 @@ def test_concat_map_bad_request_after_completion_is_a_no_op(
     subscriber.request(0)
     assert subscriber.items == [0, 1] and not subscriber.errors
     assert undeliverable == []
+
+
+# -- the instance forms, and the static factories refusing an instance --------------------------
+
+
+def test_the_instance_forms_include_the_flow_they_are_called_on() -> None:
+    assert sorted(Flow.range(3).merge_with(Flow.range(10, 12)).to_list()) == [0, 1, 2, 10, 11]
+    assert Flow.range(2).concat_with(Flow.just(5), Flow.just(6)).to_list() == [0, 1, 5, 6]
+    assert Flow.just("a", "b", "c").zip_with(Flow.range(2)).to_list() == [("a", 0), ("b", 1)]
+
+
+@pytest.mark.parametrize("name", ["merge", "concat", "zip"])
+def test_a_static_combinator_called_through_an_instance_refuses_instead_of_dropping_it(
+    name: str,
+) -> None:
+    """``a.merge(b)`` used to be ``Flow.merge(b)``: ``a`` silently left out."""
+    a, b = Flow.range(2), Flow.range(10, 12)
+    with pytest.raises(TypeError, match=rf"{name}_with"):
+        getattr(a, name)(b)
+    assert getattr(Flow, name)(a, b).to_list()  # the class form still works, with both

@@ -291,7 +291,7 @@ def test_none_from_a_mapper_fails_before_the_next_stage_sees_it() -> None:
     assert subscriber.items == [0, 1, 2]
     assert seen == ["filter(0)", "filter(1)", "filter(2)"]
     [error] = subscriber.errors
-    assert type(error) is TypeError
+    assert type(error) is NoneItemError
     assert "returned None for 3" in str(error)
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reactive_bp import UNBOUNDED, Flow
+from reactive_bp import UNBOUNDED, Flow, NoneItemError
 from reactive_bp.schedulers import (
     AsyncioScheduler,
     Cancellable,
@@ -180,7 +180,7 @@ def test_none_results_and_coroutines_from_plain_functions_are_errors() -> None:
     manual = ManualScheduler()
     Flow.range(3).map_async(lambda x: None, 2, scheduler=manual).subscribe(nothing)
     manual.run()
-    assert [type(e) for e in nothing.errors] == [TypeError]
+    assert [type(e) for e in nothing.errors] == [NoneItemError]  # a TypeError
 
     async def coro(x: int) -> int:
         return x

@@ -101,6 +101,19 @@ CASES: list[OperatorCase] = [
     OperatorCase("do_on_request", lambda f: f.do_on_request(lambda n: None), lambda xs: list(xs)),
     OperatorCase("do_on_cancel", lambda f: f.do_on_cancel(lambda: None), lambda xs: list(xs)),
     OperatorCase(
+        "do_on_subscribe",
+        lambda f: f.do_on_subscribe(lambda s: None),
+        lambda xs: list(xs),
+        lambda f: f.do_on_subscribe(boom),
+    ),
+    # A raising do_on_error/do_on_complete/do_on_terminate/do_finally action
+    # runs after upstream ended, so there is no upstream to cancel: checked in
+    # tests/operators/test_side_effects.py, not by the matrix's raising scenario.
+    OperatorCase("do_on_error", lambda f: f.do_on_error(lambda e: None), lambda xs: list(xs)),
+    OperatorCase("do_on_complete", lambda f: f.do_on_complete(lambda: None), lambda xs: list(xs)),
+    OperatorCase("do_on_terminate", lambda f: f.do_on_terminate(lambda: None), lambda xs: list(xs)),
+    OperatorCase("do_finally", lambda f: f.do_finally(lambda s: None), lambda xs: list(xs)),
+    OperatorCase(
         "lift_and_pipe",
         lambda f: f.pipe(lambda g: g.map(lambda x: x + 1)),
         lambda xs: [x + 1 for x in xs],
@@ -160,6 +173,11 @@ CASES: list[OperatorCase] = [
     OperatorCase(
         "do_on_next_filter",
         lambda f: f.do_on_next(lambda x: None).filter(_even),
+        lambda xs: [x for x in xs if _even(x)],
+    ),
+    OperatorCase(
+        "do_finally_filter",
+        lambda f: f.do_finally(lambda s: None).filter(_even),
         lambda xs: [x for x in xs if _even(x)],
     ),
     OperatorCase(

@@ -1,4 +1,7 @@
-"""Real brokers on loopback for the connector tests, one private server per test session.
+"""Real brokers on loopback, one private server per test session, shared by every test.
+
+``tests/conftest.py`` re-exports these fixtures, so the connector tests and the
+documentation's broker snippets (``tests/test_docs_snippets.py``) use the same servers.
 
 A missing server binary skips the tests that need it with a one-line install hint,
 except under CI (``CI=true``), where it is a failure: CI installs every server.
