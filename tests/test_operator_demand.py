@@ -115,6 +115,16 @@ DEMAND_CASES: list[DemandVerification[int, object]] = [
     lossless("merge", lambda f: Flow.merge(f, Flow.empty(), prefetch=4), list, upstream_bound=4),
     lossless("concat", lambda f: Flow.concat(f, Flow.just(-1)), lambda xs: [*xs, -1]),
     lossless(
+        "merge_with", lambda f: f.merge_with(Flow.empty(), prefetch=4), list, upstream_bound=4
+    ),
+    lossless("concat_with", lambda f: f.concat_with(Flow.just(-1)), lambda xs: [*xs, -1]),
+    lossless(
+        "zip_with",
+        lambda f: f.zip_with(Flow.range(10**6), prefetch=4),
+        lambda xs: list(zip(xs, range(len(xs)), strict=False)),
+        upstream_bound=4,
+    ),
+    lossless(
         "zip",
         lambda f: Flow.zip(f, Flow.range(10**6), prefetch=4),
         lambda xs: list(zip(xs, range(len(xs)), strict=False)),

@@ -613,11 +613,16 @@ class _ConfirmRunner(Generic[T]):
         handle: _TaskHandle,
         future: asyncio.Future[object],
     ) -> None:
-        if handle._cancelled or future.cancelled():
+        if handle._cancelled:
             # Cancelled by the subscription, which no longer wants the outcome (the
             # waiter may have been resolved before the cancel reached it).
             return
-        error = future.exception()
+        if future.cancelled():
+            # Cancelled by someone else (a client failing its waiters as its connection
+            # closes): the item was not confirmed, which is a failure, never a silence.
+            error: BaseException | None = ConnectionError("the publish was cancelled by the client")
+        else:
+            error = future.exception()
         if error is None:
             confirmed = self._confirmed
             confirmed.append((slot, item, handle))

@@ -755,6 +755,7 @@ class _CloseAtEnd(OperatorSubscriber[T, T]):
 
     def _close(self) -> None:
         publisher = self._publisher
+        publisher.stop()  # at once: a write or a subscribe racing this close does not happen
         target = publisher.loop  # None: it never published, so it never subscribed either
         if target is None or target.is_closed():
             self._link.close_soon(self._loop)
@@ -763,7 +764,10 @@ class _CloseAtEnd(OperatorSubscriber[T, T]):
 
         async def close() -> None:
             await publisher.aclose()
-            await link.aclose()
+            # Best effort: closing the connection to a broker that went away fails, and
+            # the stream that ended has nobody left to tell.
+            with contextlib.suppress(Exception):
+                await link.aclose()
 
         target.call_soon_threadsafe(_spawn, target, close)
 
@@ -958,27 +962,45 @@ class _PubAcks:
     async def _flush(self) -> None:
         try:
             client = await self._link.client()
+            if self._closed:
+                return  # ended before anything was written: nothing to subscribe to
             if self._subscription is None:
-                self._prefix = client.new_inbox() + "."
-                self._subscription = await client.subscribe(self._prefix + "*", cb=self._on_reply)
+                prefix = client.new_inbox() + "."
+                subscription = await client.subscribe(prefix + "*", cb=self._on_reply)
+                if self._closed:  # the stream ended while subscribing: do not leave it behind
+                    with contextlib.suppress(Exception):
+                        await subscription.unsubscribe()
+                    return
+                self._prefix, self._subscription = prefix, subscription
             loop = asyncio.get_running_loop()
+            errors = _nats_module("nats.errors")
+            per_item = (errors.BadSubjectError, errors.MaxPayloadError, TypeError, ValueError)
             while self._queue and not self._closed:
                 batch, self._queue = self._queue, []
                 # Every publish of the batch waits (and can fail) before the first is written.
-                writes: list[tuple[str, bytes, str]] = []
+                writes: list[tuple[str, bytes, str, asyncio.Future[None]]] = []
                 for subject, payload, done in batch:
                     if done.done():
                         continue  # its publish was cancelled
                     self._sequence += 1
                     token = str(self._sequence)
                     self._waiting[token] = done
-                    writes.append((subject, payload, token))
-                tokens = [token for _, _, token in writes]
+                    writes.append((subject, payload, token, done))
+                tokens = [write[2] for write in writes]
                 self._timers.append(loop.call_later(self._timeout, self._expire, tokens))
-                for subject, payload, token in writes:
-                    await client.publish(
-                        subject, payload, reply=self._prefix + token, headers=self._headers
-                    )
+                for subject, payload, token, done in writes:
+                    if self._closed:
+                        return  # cancelled or ended while a write was awaited: write no more
+                    if done.done():
+                        continue  # cancelled meanwhile
+                    try:
+                        await client.publish(
+                            subject, payload, reply=self._prefix + token, headers=self._headers
+                        )
+                    except per_item as refused:  # this item only (its subject, its size)
+                        self._waiting.pop(token, None)
+                        if not done.done():
+                            done.set_exception(refused)
         except Exception as error:  # no connection: every publish not confirmed fails
             self._fail_all(error)
         finally:
@@ -1020,6 +1042,10 @@ class _PubAcks:
         for done in pending:
             if not done.done():
                 done.set_exception(error)
+
+    def stop(self) -> None:
+        """Write nothing more (any thread): the stream is over."""
+        self._closed = True
 
     async def aclose(self) -> None:
         """Stop listening for ``PubAck``s (the stream is over)."""

@@ -627,6 +627,31 @@ def test_a_failure_inside_a_batch_emits_the_confirmations_before_it_then_publish
     subscriber.assert_clean()  # the replies after the failure are dropped, not reported
 
 
+def test_a_publish_cancelled_by_the_client_is_publish_error_not_a_hang() -> None:
+    """A client that cancels its pending waiters (its connection closed) must fail the
+    stream: before, the cancelled future was taken for the subscription's own cancel
+    and the stream waited forever."""
+
+    async def main() -> TestSubscriber[int]:
+        publisher = FutureConfirmations()
+        subscriber: TestSubscriber[int] = TestSubscriber(100)
+        confirmed(Flow.range(0, 100), publisher.publish, max_in_flight=3).subscribe(subscriber)
+        await _settle()
+        (_, first), (_, second), (_, third) = publisher.pending
+        first.set_result(b"ok")
+        second.cancel()  # by the client, not by the subscription
+        third.set_result(b"ok")
+        await _until(lambda: subscriber.is_terminated)
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert subscriber.items == [0]
+    (error,) = subscriber.errors
+    assert isinstance(error, PublishError) and error.item == 1
+    assert isinstance(error.__cause__, ConnectionError)
+    subscriber.assert_clean()
+
+
 def test_cancel_between_the_replies_and_their_hand_over_emits_nothing_more() -> None:
     async def main() -> TestSubscriber[int]:
         publisher = FutureConfirmations()

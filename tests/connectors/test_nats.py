@@ -776,6 +776,39 @@ def test_sink_failure_is_publish_error_with_the_item(nats_server: LoopbackServer
     run(main)
 
 
+def test_sink_a_subject_the_client_refuses_fails_that_item_only(
+    nats_server: LoopbackServer,
+) -> None:
+    """Item 5's subject has a space, which the client refuses before writing, while items
+    0-4 are in flight: the stream ends with PublishError naming item 5 (its cause the
+    client's BadSubjectError), and items 0-4 are still written and stored. Before, the
+    refusal failed every publish in flight and named item 0."""
+    stream, subject = names()
+
+    async def main() -> None:
+        async with admin(nats_server.url, stream, subject) as (nc, js):
+
+            def subject_of(item: int) -> str:
+                return f"{subject} bad" if item == 5 else subject
+
+            subscriber: TestSubscriber[int] = TestSubscriber(UNBOUNDED)
+            Flow.range(0, 10).pipe(
+                jetstream.sink(nc, subject_of, encode=lambda i: str(i).encode(), max_in_flight=10)
+            ).subscribe(subscriber)
+            await until(lambda: subscriber.is_terminated)
+            (error,) = subscriber.errors
+            assert isinstance(error, PublishError) and error.item == 5
+            assert isinstance(error.__cause__, nats_client.errors.BadSubjectError)
+            assert set(subscriber.items) <= {0, 1, 2, 3, 4}
+            stored = await js.pull_subscribe(subject, durable="check", stream=stream)
+            messages = await stored.fetch(10, timeout=5)
+            kept = {int(m.data) for m in messages}
+            # 0-4 stored; 5 never written; 6-9 may be (written before the error ended it).
+            assert {0, 1, 2, 3, 4} <= kept and 5 not in kept
+
+    run(main)
+
+
 def test_sink_errors_when_the_broker_is_killed_mid_stream(
     undeliverable: list[tuple[BaseException, str]],
 ) -> None:

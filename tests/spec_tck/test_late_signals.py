@@ -182,9 +182,11 @@ class _HoldsSubscribers(pubs.SyncRangePublisher):
 
 
 def test_a_subscriber_still_reachable_after_its_check_gets_the_final_window() -> None:
-    verification = verification_for(_HoldsSubscribers, fast_env(quiet_ms=500))
+    verification = verification_for(_HoldsSubscribers, fast_env(quiet_ms=2000))
     try:
         verification.run_rule(verification.select(["required_spec107"])[0].id)
-        assert verification._final_window_s() > 0.3  # it could still be signalled
+        # It could still be signalled: a window is due (a loaded machine may have used
+        # some of the 2 s since the check ended; a reachable-nothing check gets 0.0).
+        assert 0.0 < verification._final_window_s() <= 2.0
     finally:
         _HELD.clear()
