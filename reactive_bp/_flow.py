@@ -1164,13 +1164,15 @@ class Flow(Generic[T_co]):
             ^-a-|  do_on_subscribe(f)  ^-a-|   (f(s) ran before downstream's on_subscribe)
 
         Demand: 1:1, passed straight upstream. ``action`` runs before
-        downstream can request, so no item has flowed yet (it may request
-        or cancel on the subscription itself).
+        downstream can request, so no item has flowed yet. It may cancel the
+        subscription it is given, but not request: demand is downstream's
+        (``request`` raises ``ProtocolViolationError``).
 
         Cancellation: passed straight upstream.
 
-        Errors: a raising ``action`` cancels upstream; downstream receives a
-        subscription with nothing behind it, then ``on_error`` with the fault.
+        Errors: a raising ``action`` (a ``request`` from it included) cancels
+        upstream; downstream receives a subscription with nothing behind it,
+        then ``on_error`` with the fault.
 
         Example:
             >>> Flow.just(1).do_on_subscribe(lambda s: print("subscribed")).to_list()

@@ -119,7 +119,9 @@ class LoadSheddingStats:
     """A snapshot of ``LoadShedding``'s counters (``LoadShedding.stats``).
 
     ``arrived == admitted + shed + timed_out + disconnected + cancelled + queued_now``
-    at every moment (bypassed requests are counted apart).
+    holds whenever no slot is being handed over: a waiter given a freed slot leaves
+    ``queued_now`` at once and enters ``admitted`` when its task resumes, on the
+    loop's next turn (bypassed requests are counted apart).
     """
 
     arrived: int
@@ -135,7 +137,8 @@ class LoadSheddingStats:
     completed: int
     """Returned from the application, normally or by an exception."""
     failed: int
-    """Of the completed, those whose application raised."""
+    """Of the completed, those whose application raised (cancellation included: the
+    server cancelling a request's task counts here)."""
     shed: int
     """Refused on arrival: every slot busy and the queue full."""
     timed_out: int
@@ -736,6 +739,14 @@ class _FlowResponse(Generic[T]):
             if streaming.done():
                 streaming.result()  # an error after the headers aborts the response
                 return
+            if not watching.cancelled() and watching.exception() is not None:
+                # receive() itself failed (a server fault, not a client leaving): say so,
+                # stop the flow below, and let the server see the error.
+                bridge.cancel()
+                streaming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await streaming
+                watching.result()
             # The client left: stop sending and cancel the flow (Rule 3.13 via the bridge).
             bridge.cancel()
             streaming.cancel()

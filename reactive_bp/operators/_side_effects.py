@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from typing_extensions import override
 
 from .._core._arbiter import cancel_quietly
-from .._core._hooks import report_undeliverable
+from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import DETACHED, EmptySubscription, OperatorSubscriber
 from .._core._signals import signal_complete, signal_error
 from .._core._terminal import Terminal
@@ -189,6 +189,36 @@ def do_on_terminate(source: Flow[T], action: Callable[[], object]) -> Flow[T]:
     return LiftFlow(source, partial(_DoOnTerminateSubscriber, action=action), "do_on_terminate")
 
 
+class _ActionView:
+    """The subscription ``do_on_subscribe``'s action sees: it may cancel, never request.
+
+    Demand belongs to the downstream subscriber: a ``request(n)`` from the action
+    would send items downstream never asked for (Rule 1.1), before it even has
+    its subscription (Rule 1.9). So ``request`` raises ``ProtocolViolationError``
+    at the caller; inside the action that is a raising action (upstream
+    cancelled, downstream fails with it). ``cancel`` reaches upstream.
+    """
+
+    __slots__ = ("_subscription",)
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+
+    def request(self, n: int) -> None:
+        """Refused: see the class docstring."""
+        raise ProtocolViolationError(
+            f"do_on_subscribe: the action must not request({n!r}): demand is the downstream "
+            "subscriber's, which would receive items it never asked for (Rule 1.1)"
+        )
+
+    def cancel(self) -> None:
+        """Cancel upstream (downstream still gets its subscription, with nothing behind it)."""
+        self._subscription.cancel()
+
+    def __repr__(self) -> str:
+        return f"<do_on_subscribe view of {self._subscription!r}>"
+
+
 class _DoOnSubscribeGate(Generic[T]):
     """Runs the action on the upstream subscription before downstream sees any.
 
@@ -219,7 +249,7 @@ class _DoOnSubscribeGate(Generic[T]):
             self._inner.on_subscribe(subscription)  # Rule 2.5: cancelled and reported there
             return
         try:
-            action(subscription)
+            action(_ActionView(subscription))
         except Exception as fault:
             cancel_quietly(subscription)  # Rule 3.15: the fault, not a cancel error, is news
             # Downstream still gets a subscription first (Rule 1.9), one with

@@ -1121,3 +1121,23 @@ def test_ndjson_and_sse_over_http(asgi_server: Callable[..., Any]) -> None:
         sse = client.get("/sse")
         assert sse.headers["content-type"] == "text/event-stream; charset=utf-8"
         assert sse.text == "event: tick\ndata: 0\n\nevent: tick\ndata: 1\n\n"
+
+
+def test_a_receive_that_raises_fails_the_response_and_cancels_the_flow() -> None:
+    """A server whose receive() raises (not a client leaving): the error reaches the server
+    and the flow is cancelled; before, the response ended silently as if disconnected."""
+    cancelled = threading.Event()
+
+    async def main() -> None:
+        request = FakeRequest()
+        request.inbox.get_nowait()
+
+        async def receive() -> dict[str, Any]:
+            raise OSError("connection reset")
+
+        app = flow_response(Flow.never().do_on_cancel(cancelled.set))
+        with pytest.raises(OSError, match="connection reset"):
+            await app(request.scope, receive, request.send)
+
+    asyncio.run(main())
+    assert cancelled.is_set()

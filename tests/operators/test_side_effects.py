@@ -19,7 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reactive_bp import UNBOUNDED, Flow, NonPositiveRequestError, SignalType
+from reactive_bp import (
+    UNBOUNDED,
+    Flow,
+    NonPositiveRequestError,
+    ProtocolViolationError,
+    SignalType,
+)
 from reactive_bp.abc import Subscription
 from reactive_bp.testing import TestPublisher, TestSubscriber, capture_undeliverable
 from tests.races import PAUSE_LINES, PausePlan, PauseWhere, Preemption, Trace
@@ -75,7 +81,7 @@ def _attach(
 
 def test_the_family_keeps_the_item_type_with_lambdas() -> None:
     flow = Flow.range(3)
-    assert_type(flow.do_on_subscribe(lambda s: s.request(1)), Flow[int])
+    assert_type(flow.do_on_subscribe(lambda s: s.cancel()), Flow[int])
     assert_type(flow.do_on_error(lambda e: e.args), Flow[int])
     assert_type(flow.do_on_complete(lambda: None), Flow[int])
     assert_type(flow.do_on_terminate(lambda: None), Flow[int])
@@ -221,14 +227,36 @@ def test_do_on_subscribe_gets_upstreams_subscription_before_downstream_gets_one(
     upstream, subscriber = _attach(lambda f: f.do_on_subscribe(action), log, initial_request=2)
     assert log == ["action", "downstream:on_subscribe"]
     assert len(received) == 1
-    # The upstream subscription itself: requesting on it reaches upstream.
+    # A view of upstream's subscription: demand is downstream's alone (Rule 1.1).
     assert upstream.requests == [2]
-    received[0].request(3)
-    assert upstream.requests == [2, 3]
+    with pytest.raises(ProtocolViolationError, match="must not request"):
+        received[0].request(3)
+    assert upstream.requests == [2]
     upstream.send_next(1, 2)
     upstream.send_complete()
     assert subscriber.items == [1, 2] and subscriber.completed
     subscriber.assert_clean()
+
+
+def test_a_do_on_subscribe_action_that_requests_fails_instead_of_overflowing_downstream() -> None:
+    """Before, ``lambda s: s.request(2)`` let two items reach a downstream that had
+    requested nothing, before its on_subscribe (Rules 1.1 and 1.9)."""
+    log: list[str] = []
+    subscriber = LoggedSubscriber(log, 0)
+    Flow.range(3).do_on_subscribe(lambda s: s.request(2)).subscribe(subscriber)
+    assert log == ["downstream:on_subscribe", "downstream:on_error(ProtocolViolationError)"]
+    assert subscriber.items == []
+
+
+def test_a_do_on_subscribe_action_may_cancel() -> None:
+    log: list[str] = []
+    cancelled: list[bool] = []
+    subscriber = LoggedSubscriber(log, UNBOUNDED)
+    Flow.range(3).do_on_cancel(lambda: cancelled.append(True)).do_on_subscribe(
+        lambda s: s.cancel()
+    ).subscribe(subscriber)
+    assert cancelled == [True]
+    assert log == ["downstream:on_subscribe"]  # nothing flows from a cancelled upstream
 
 
 def test_do_on_subscribe_runs_before_any_item_flows() -> None:
