@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 
 from ._base import Action, Cancellable, RejectableAction, check_delay
@@ -135,7 +136,14 @@ class VirtualTimeScheduler:
         return handle
 
     def advance_to(self, time: float) -> None:
-        """Run everything due up to ``time``, moving the clock to each due time."""
+        """Run everything due up to ``time``, moving the clock to each due time.
+
+        ``time`` must be finite (NaN would run everything, infinity never end with a
+        periodic action). An action that advances the clock past ``time`` itself
+        leaves it there: the clock never moves back.
+        """
+        if not math.isfinite(time):
+            raise ValueError(f"virtual time must be finite, got {time!r}")
         if time < self._now:
             raise ValueError(f"cannot move virtual time back from {self._now} to {time}")
         lock = self._lock
@@ -152,7 +160,12 @@ class VirtualTimeScheduler:
             finally:
                 lock.release()
             entry[2].run()  # outside the lock (see the _timer module docstring)
-        self._now = time
+        lock.acquire()
+        try:
+            if time > self._now:  # an action may have advanced it further: never back
+                self._now = time
+        finally:
+            lock.release()
 
     def advance_by(self, seconds: float) -> None:
         """Move the clock ``seconds`` forward, running what falls due."""

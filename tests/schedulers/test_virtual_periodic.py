@@ -9,6 +9,7 @@ fixed rate, a cancelled repetition keeping its action reachable.
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import threading
 import weakref
@@ -149,3 +150,27 @@ def test_cancel_from_another_thread_racing_the_runs() -> None:
         assert len(ticks) == seen  # nothing ran after the cancel
         assert vts.pending == 0
         assert len(vts._queue) == 0 or vts._queue.live == 0
+
+
+def test_an_action_that_advances_the_clock_further_is_never_undone() -> None:
+    """advance_to(5) runs an action at t=1 that advances to 10: the clock stays at 10
+    (it used to be set back to 5, after the t=7 action had already run)."""
+    vts = VirtualTimeScheduler()
+    ran: list[float] = []
+    vts.schedule_after(1.0, lambda: vts.advance_to(10.0))
+    vts.schedule_after(7.0, lambda: ran.append(vts.now()))
+    vts.advance_to(5.0)
+    assert ran == [7.0]
+    assert vts.now() == 10.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_virtual_time_must_be_finite(bad: float) -> None:
+    vts = VirtualTimeScheduler()
+    ran: list[float] = []
+    vts.schedule_after(100.0, lambda: ran.append(vts.now()))
+    with pytest.raises(ValueError, match="finite"):
+        vts.advance_to(bad)
+    with pytest.raises(ValueError, match="finite|>= 0"):
+        vts.advance_by(bad)
+    assert ran == [] and vts.now() == 0.0
