@@ -290,6 +290,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args
 _NEXT: Final = 0
 _COMPLETE: Final = 1
 _ERROR: Final = 2
+_CANCELLED: Final = 3  # how a response ended: the remote cancelled it (or the connection went)
 
 
 class _ResponsePublisher(Generic[T]):
@@ -297,25 +298,28 @@ class _ResponsePublisher(Generic[T]):
 
     rsocket-py's publishers are one object per stream; each ``subscribe`` here makes a
     fresh ``_ResponseBridge`` over a fresh subscription to ``source``. ``bridge`` is the
-    last one made (a channel requester links its inbound to it).
+    last one made (a channel requester links its inbound to it). ``inbound`` (a server's
+    channel) is the requester's stream, ended with the response (``_ResponseBridge``).
     """
 
-    __slots__ = ("_encode", "_loop", "_source", "bridge")
+    __slots__ = ("_encode", "_inbound", "_loop", "_source", "bridge")
 
     def __init__(
         self,
         source: Publisher[T],
         encode: Callable[[T], object],
         loop: asyncio.AbstractEventLoop,
+        inbound: _Wire | None = None,
     ) -> None:
         self._source = source
         self._encode = encode
         self._loop = loop
+        self._inbound = inbound
         self.bridge: _ResponseBridge[T] | None = None
 
     def subscribe(self, wire: Any) -> None:
         """rsocket-py's ``subscribe``: ``wire`` is its stream subscriber (loop thread)."""
-        bridge = _ResponseBridge[T](wire, self._encode, self._loop)
+        bridge = _ResponseBridge[T](wire, self._encode, self._loop, self._inbound)
         self.bridge = bridge
         wire.on_subscribe(bridge)  # rsocket-py asks for the initial request-n right after
         try:
@@ -342,6 +346,12 @@ class _ResponseBridge(Generic[T]):
       at once (the common synchronous case, no hop).
     * Rule 1.1 at the wire: ``_credit`` (loop only) is what the remote granted and was not
       sent yet; an item beyond it is the local publisher's violation and fails the stream.
+    * A channel: ``_inbound`` is the other direction (``_Wire.response_ended``). On the
+      server the response is the route's whole answer, so when it ends (sent ``COMPLETE``
+      or ``ERROR``) or the remote cancels it, the inbound is ended too; otherwise a route
+      that never subscribed its inbound would leave the channel registered, half-open,
+      forever. On the client, an outbound that fails (``ERROR`` ends both directions)
+      fails the inbound with its error.
     """
 
     __slots__ = (
@@ -350,6 +360,7 @@ class _ResponseBridge(Generic[T]):
         "_credit",
         "_encode",
         "_flushing",
+        "_inbound",
         "_lock",
         "_loop",
         "_outbox",
@@ -357,8 +368,16 @@ class _ResponseBridge(Generic[T]):
         "_wire",
     )
 
-    def __init__(self, wire: Any, encode: Callable[[T], object], loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        wire: Any,
+        encode: Callable[[T], object],
+        loop: asyncio.AbstractEventLoop,
+        inbound: _Wire | None = None,
+    ) -> None:
         self._wire: Any = wire  # loop only; None once the stream ended or was cancelled
+        # Loop only: a server channel's inbound, ended with the response; None after.
+        self._inbound = inbound
         self._encode = encode
         self._loop = loop
         self._arbiter = SubscriptionArbiter()
@@ -390,6 +409,33 @@ class _ResponseBridge(Generic[T]):
             self._outbox.clear()
         self._wire = None  # Rule 3.13
         self._arbiter.cancel()
+        self._end_inbound(_CANCELLED)
+
+    def stop(self) -> None:
+        """This side cancelled its channel: cancel the outbound and end its direction.
+
+        Loop only. Sends ``COMPLETE`` for the outbound direction unless it already ended
+        (its terminal frame was sent, or the remote cancelled it): RSocket ends a
+        requester's direction only with ``COMPLETE``/``ERROR`` (or the remote's ``CANCEL``),
+        and the remote keeps the channel registered until it does.
+        """
+        with self._lock:
+            self._closed = True
+            self._outbox.clear()
+        wire, self._wire = self._wire, None  # Rule 3.13
+        self._arbiter.cancel()
+        if wire is not None:
+            try:
+                wire.on_complete()  # COMPLETE, and rsocket-py marks the direction done
+            except Exception as error:
+                report_undeliverable(error, f"{self!r} sending COMPLETE")
+
+    def _end_inbound(self, how: int, error: Exception | None = None) -> None:
+        """This direction ended (``how``: ``_COMPLETE``, ``_ERROR`` with ``error``,
+        ``_CANCELLED``); tell the channel's other direction (loop only)."""
+        inbound, self._inbound = self._inbound, None
+        if inbound is not None:
+            inbound.response_ended(how, error)
 
     # -- the Subscriber side (the local publisher, any thread) ------------------------------
 
@@ -481,14 +527,11 @@ class _ResponseBridge(Generic[T]):
                     with self._lock:
                         self._closed = True
                         self._outbox.clear()
-                    wire.on_error(
-                        _wire_error(
-                            ProtocolViolationError(
-                                "Rule 1.1: the stream's publisher sent more items than the "
-                                "remote requested"
-                            )
-                        )
+                    violation = ProtocolViolationError(
+                        "Rule 1.1: the stream's publisher sent more items than the remote requested"
                     )
+                    wire.on_error(_wire_error(violation))
+                    self._end_inbound(_ERROR, violation)
                     return
                 if credit != UNBOUNDED:
                     self._credit = credit - 1
@@ -496,9 +539,11 @@ class _ResponseBridge(Generic[T]):
             elif kind == _COMPLETE:
                 self._wire = None  # Rule 3.13
                 wire.on_complete()
+                self._end_inbound(_COMPLETE)
             else:
                 self._wire = None
                 wire.on_error(_wire_error(value))
+                self._end_inbound(_ERROR, value)
         except Exception as error:  # rsocket-py failed to queue the frame
             report_undeliverable(error, f"{self!r} sending a frame")
             self._abandon(error)
@@ -533,15 +578,23 @@ class _Wire:
     initial request-n ``n`` on the first grant; without one (a server's channel inbound) the
     subscription rsocket-py hands over is asked with ``REQUEST_N``.
 
+    A channel ends in both directions on an ``ERROR`` (either way). On the client, a local
+    cancel ends it too: ``CANCEL`` for the inbound, then the outbound (``partner``) is
+    cancelled and its direction ended with ``COMPLETE`` (``_ResponseBridge.stop``). On the
+    server, the inbound ends with the response (``response_ended``); a local cancel of the
+    inbound alone sends ``CANCEL`` and leaves the response going.
+
     Every field but ``target`` is touched on the loop only.
     """
 
     __slots__ = (
+        "_channel",
         "_early",
         "_granted",
         "_loop",
         "_pending",
         "_received",
+        "_requester",
         "_state",
         "_subscription",
         "opener",
@@ -556,10 +609,16 @@ class _Wire:
     ) -> None:
         self._loop = loop
         self.opener = opener
+        # The client end (it opens the stream); a server's channel inbound has no opener.
+        self._requester = opener is not None
         self.target: _RemoteSubscription[Any] | None = None
-        # A channel requester's outbound: stopped when this side cancels or the remote fails.
+        # A channel's other direction (the client's outbound, the server's response):
+        # stopped when the remote fails, and on the client when this side cancels.
         self.partner: _ResponsePublisher[Any] | None = None
+        # rsocket-py's subscription (REQUEST_N/CANCEL); None once this direction ended.
         self._subscription: Any = None
+        # A channel's rsocket-py handler, kept until its other direction was stopped.
+        self._channel: Any = None
         self._state = _IDLE if opener is not None else _OPEN
         # Invariant: _received <= _granted unless the remote broke Rule 1.1.
         self._granted = 0  # total credit sent, UNBOUNDED once MAX_REQUEST_N was
@@ -640,18 +699,78 @@ class _Wire:
                 subscription.cancel()  # CANCEL
             except Exception as error:
                 report_undeliverable(error, f"{self!r} sending CANCEL")
-        self._stop_partner(subscription)
+        if self._requester:  # the server's response goes on without its inbound
+            self._stop_partner(local=True)
 
-    def _stop_partner(self, subscription: Any) -> None:
+    def _stop_partner(self, *, local: bool) -> None:
+        """End the channel's other direction: ``local`` (our cancel) or the remote's ERROR."""
         partner, self.partner = self.partner, None
+        channel, self._channel = self._channel, None
         if partner is None:
             return
         bridge = partner.bridge
+        if local and bridge is not None:
+            bridge.stop()  # our outbound stops, and COMPLETE ends its direction
+            return
         if bridge is not None:
-            bridge.cancel()  # our outbound stops too: the channel is over
-        finish = getattr(subscription, "mark_completed_and_finish", None)
+            bridge.cancel()  # an ERROR ended both directions: nothing more is sent
+        finish = getattr(channel, "mark_completed_and_finish", None)
         if finish is not None:
-            finish(sent=True)  # rsocket-py keeps a half-cancelled channel registered otherwise
+            finish(sent=True)  # rsocket-py keeps a half-ended channel registered otherwise
+
+    def response_ended(self, how: int, error: Exception | None = None) -> None:
+        """The channel's other direction ended (loop only): end this one too if it must.
+
+        ``how`` is ``_COMPLETE``, ``_ERROR`` (``error``: what was sent) or ``_CANCELLED``
+        (by the remote, or the connection went). On the client only the outbound's
+        ``ERROR`` matters: it ended both directions, so the subscriber gets ``error``. On
+        the server: once the route's flow completed, a subscribed inbound is left to its
+        subscriber (RSocket's half-closed channel: the requester may go on sending).
+        Otherwise the inbound ends now: ``CANCEL`` asks the requester to stop sending (not
+        after an ``ERROR``, which already ended both directions), and the subscriber, now
+        or when it comes, gets ``on_error(RSocketRemoteError)`` with code ``CANCELED``.
+        """
+        target = self.target
+        if self._state == _DONE:
+            return
+        if self._requester:
+            if how != _ERROR or error is None:
+                return  # our outbound completed or was cancelled: the inbound goes on
+            self._state = _DONE
+            self.partner = None
+            self._subscription = None
+            channel, self._channel = self._channel, None
+            finish = getattr(channel, "mark_completed_and_finish", None)
+            if finish is not None:
+                finish(received=True)  # nothing more comes after our ERROR
+            if target is not None:
+                target.remote_error(error)
+            return
+        if how == _COMPLETE and target is not None:
+            return
+        self._state = _DONE
+        self.partner = None  # the response is what ended
+        subscription, self._subscription = self._subscription, None
+        self._channel = None
+        if subscription is not None:
+            try:
+                if how == _ERROR:
+                    subscription.mark_completed_and_finish(received=True)
+                else:
+                    subscription.cancel()  # CANCEL; rsocket-py marks the direction done
+            except Exception as error:
+                report_undeliverable(error, f"{self!r} ending a channel's inbound")
+        if how == _CANCELLED:
+            text = "the requester cancelled the channel"
+        elif how == _ERROR:
+            text = "the channel's response failed, which ends both directions"
+        else:
+            text = "the channel's response completed before its inbound was subscribed"
+        ending = RSocketRemoteError(text, error_code=ErrorCode.CANCELED)
+        if target is None:
+            self._early = ending  # a late subscriber is told, not left waiting
+        else:
+            target.remote_error(ending)
 
     # -- rsocket-py's subscriber interface (on the loop) -----------------------------------------
 
@@ -661,6 +780,8 @@ class _Wire:
             subscription.cancel()
             return
         self._subscription = subscription
+        if self.partner is not None:
+            self._channel = subscription
         pending, self._pending = self._pending, 0
         if pending:
             subscription.request(pending)
@@ -685,11 +806,12 @@ class _Wire:
 
     def on_error(self, error: Exception) -> None:
         """An ``ERROR`` frame, or the connection lost (rsocket-py's ``CONNECTION_ERROR``)."""
-        if self._state == _DONE:
+        done = self._state == _DONE
+        self._state = _DONE  # first: stopping the partner must not end this inbound again
+        self._subscription = None
+        self._stop_partner(local=False)  # ERROR ends a channel in both directions
+        if done:
             return
-        self._state = _DONE
-        subscription, self._subscription = self._subscription, None
-        self._stop_partner(subscription)  # ERROR ends a channel in both directions
         target = self.target
         if target is None:
             self._early = error
@@ -759,9 +881,15 @@ class _RemoteSubscription(QueueDrain[R]):
         """The remote completed: delivered after the queued items."""
         self._upstream_complete()
 
-    def remote_error(self, error: RSocketRemoteError) -> None:
-        """The remote failed (or the connection went): delivered after the queued items."""
-        self._signal_error(error)
+    def remote_error(self, error: Exception) -> None:
+        """The remote failed (or the connection went): delivered after the queued items.
+
+        An error that crossed this side's own ending (a ``cancel()`` whose ``CANCEL`` had
+        not reached the remote yet, a failed decode) is dropped quietly: it is the remote
+        answering a stream we already left, not a fault of the subscriber's.
+        """
+        if self._terminal.fail(error, supersede=False, quiet=True):
+            self._schedule()  # delay_error: after the queued items
 
     def overflow(self, granted: int) -> None:
         """The remote sent more than the ``granted`` credit: it broke Rule 1.1."""
@@ -914,7 +1042,7 @@ class _RemoteFlow(Flow[R]):
             if outbound is None:
                 requester = endpoint.request_stream(payload)
             else:
-                publisher = _ResponsePublisher[Any](outbound, encode, loop)
+                publisher = _ResponsePublisher[Any](outbound, encode, loop, wire)
                 wire.partner = publisher
                 requester = endpoint.request_channel(payload, publisher=publisher)
             requester.initial_request_n(initial_n)
@@ -1061,11 +1189,15 @@ def remote_channel(
     (``MAX_REQUEST_N``: unbounded). ``data`` is the channel's first payload (the request
     rsocket-py hands the server's handler); ``outbound``'s items follow it.
 
-    Cancellation: cancelling the returned flow sends ``CANCEL`` and cancels ``outbound``.
-    The server's ``COMPLETE`` ends the inbound only; ``outbound`` goes on until it ends.
+    Cancellation: cancelling the returned flow sends ``CANCEL``, cancels ``outbound`` and
+    ends its direction with ``COMPLETE`` (unless it already ended): the channel is over on
+    both ends. The server's ``COMPLETE`` ends the inbound only; ``outbound`` goes on until
+    it ends or the server cancels it (a ``FlowRoutes`` route that completes without having
+    subscribed its inbound does).
 
     Errors: as ``remote_flow``; a server ``ERROR`` also cancels ``outbound`` (an ERROR ends
-    both directions). ``outbound``'s own error is sent as ``ERROR``.
+    both directions). ``outbound``'s own error is sent as ``ERROR`` and, for the same
+    reason, fails the returned flow with that error.
 
     Example::
 
@@ -1173,7 +1305,11 @@ class FlowRoutes:
         """Serve ``request_channel`` on ``route``: ``handler(request, inbound)``.
 
         ``inbound`` is the requester's stream as a ``Flow[bytes]`` (subscribe it at most
-        once); it is asked with ``REQUEST_N`` exactly as far as it is requested.
+        once); it is asked with ``REQUEST_N`` exactly as far as it is requested. It ends
+        with the handler's flow unless subscribed and still wanted: when that flow is
+        cancelled by the requester, fails, or completes before subscribing ``inbound``,
+        the requester is sent ``CANCEL`` and a subscriber of ``inbound`` (then or later)
+        gets ``on_error(RSocketRemoteError)`` with code ``CANCELED``.
         """
         self._add(self._channels, route, handler, encode)
 
@@ -1291,4 +1427,6 @@ class _RoutesHandler(BaseRequestHandler):  # type: ignore[misc]  # rsocket-py is
             source: Publisher[Any] = route.handler(payload, _InboundFlow(inbound))
         except Exception as error:
             source = Flow.error(error)
-        return _ResponsePublisher(source, encode, loop), inbound
+        response = _ResponsePublisher(source, encode, loop, inbound)
+        inbound.partner = response  # the requester's ERROR cancels the response
+        return response, inbound

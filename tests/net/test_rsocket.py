@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import random
 import signal
 import subprocess
 import sys
@@ -50,7 +51,9 @@ from reactive_bp.connectors.rsocket import (
     FlowRoutes,
     RSocketConnectionError,
     RSocketRemoteError,
+    _RemoteSubscription,
     _ResponsePublisher,
+    _Wire,
     remote_channel,
     remote_flow,
 )
@@ -181,6 +184,7 @@ class Loopback:
         self.net = LoopThread("rsocket-net-test")
         self.routes = FlowRoutes()
         self.probes: dict[bytes, Probe] = {}
+        self.stashed: list[Flow[bytes]] = []  # channel inbounds the "ignore" route kept
         self.sessions: list[RSocketServer] = []
         self.clients: list[RSocketClient] = []
         self.servers: list[asyncio.Server] = []
@@ -237,6 +241,11 @@ class Loopback:
         def twice(request: Payload, inbound: Flow[bytes]) -> Flow[bytes]:
             return Flow.merge(inbound, inbound)
 
+        @routes.channel("ignore")
+        def ignore(request: Payload, inbound: Flow[bytes]) -> Flow[bytes]:
+            self.stashed.append(inbound)  # answered without ever subscribing inbound
+            return Flow.just(b"done")
+
     @staticmethod
     def encode_int(n: int) -> bytes:
         return str(n).encode()
@@ -272,6 +281,23 @@ class Loopback:
         if greedy:
             return self.net.run(self._connect(self.greedy_port))
         return self.net.run(self._connect(self.port, metadata_encoding=COMPOSITE))
+
+    def streams(self, client: RSocketClient) -> tuple[int, list[int]]:
+        """Streams rsocket-py keeps registered: on ``client``, on each server session."""
+
+        async def count() -> tuple[int, list[int]]:
+            return len(client._stream_control._streams), [
+                len(session._stream_control._streams) for session in self.sessions
+            ]
+
+        return self.net.run(count())
+
+    def wait_no_streams(self, client: RSocketClient) -> None:
+        """Every stream ended on both ends: nothing left registered in rsocket-py."""
+        deadline = time.monotonic() + WAIT_S
+        while (left := self.streams(client)) != (0, [0] * len(self.sessions)):
+            assert time.monotonic() < deadline, f"streams left (client, sessions): {left}"
+            time.sleep(0.005)
 
     def close(self, endpoint: RSocketClient | RSocketServer) -> None:
         """Close ``endpoint`` now (once: rsocket-py's close is not idempotent)."""
@@ -718,6 +744,159 @@ def test_a_channel_inbound_can_be_subscribed_once(loopback: Loopback) -> None:
     with pytest.raises(RSocketRemoteError) as failure:
         remote_channel(client, "twice", Flow.just(b"x")).to_list(timeout=WAIT_S)
     assert "subscribed only once" in failure.value.message
+
+
+def _outbound(
+    kind: str, ended: threading.Event, subscribed: threading.Event | None = None
+) -> Flow[bytes]:
+    """A channel's outbound: ``finite``, ``infinite`` (one item per loop turn) or ``failing``;
+    ``ended`` is set when it completes, fails or is cancelled, ``subscribed`` when the
+    channel opened and subscribed it."""
+    if kind == "finite":
+        flow = Flow.range(5).map(lambda n: str(n).encode())
+    elif kind == "infinite":
+        flow = Flow.from_async_iterable(_count_forever()).map(lambda n: str(n).encode())
+    else:
+        flow = Flow.concat(Flow.just(b"1"), Flow.error(ValueError("outbound broke")))
+    if subscribed is not None:
+        flow = flow.do_on_subscribe(lambda _s: subscribed.set())
+    return flow.do_finally(lambda *_: ended.set())
+
+
+def test_a_cancelled_channel_leaves_no_stream_on_either_side(loopback: Loopback) -> None:
+    # "upper" is concat(just(request), inbound): cancelled after its first item, the route
+    # never subscribed its inbound; the server must still end the channel.
+    client = loopback.connect()
+    ended = threading.Event()
+    subscriber: TestSubscriber[bytes] = TestSubscriber(1)
+    remote_channel(client, "upper", _outbound("infinite", ended), b"h").subscribe(subscriber)
+    _wait_items(subscriber, 1)
+    subscriber.cancel()
+    assert ended.wait(WAIT_S)
+    loopback.wait_no_streams(client)
+    assert subscriber.items == [b"h"]
+
+
+def test_a_channel_cancelled_before_any_item_leaves_no_stream(loopback: Loopback) -> None:
+    client = loopback.connect()
+    ended = threading.Event()
+    subscriber: TestSubscriber[bytes] = TestSubscriber()
+    remote_channel(client, "upper", _outbound("infinite", ended), b"h").subscribe(subscriber)
+    subscriber.request(1)
+    subscriber.cancel()
+    assert ended.wait(WAIT_S)
+    loopback.wait_no_streams(client)
+
+
+def test_a_channel_route_that_ignores_its_inbound_cancels_the_clients_outbound(
+    loopback: Loopback,
+) -> None:
+    client = loopback.connect()
+    cancelled = threading.Event()
+    asked: list[int] = []
+    outbound: Flow[bytes] = Flow.never().do_on_request(asked.append).do_on_cancel(cancelled.set)
+    answer = remote_channel(client, "ignore", outbound, b"x")
+    assert answer.to_list(timeout=WAIT_S) == [b"done"]
+    assert cancelled.wait(WAIT_S)  # the server sent CANCEL for our direction
+    assert asked == []
+    loopback.wait_no_streams(client)
+    # The inbound the route kept is over: a late subscriber is told, not left waiting.
+    late: TestSubscriber[bytes] = TestSubscriber(1)
+    loopback.stashed[-1].subscribe(late)
+    assert late.await_terminal(WAIT_S)
+    (error,) = late.errors
+    assert isinstance(error, RSocketRemoteError) and error.error_code == 0x203  # CANCELED
+
+
+def test_a_failed_channel_route_leaves_no_stream(loopback: Loopback) -> None:
+    client = loopback.connect()
+    ended = threading.Event()
+    answer = remote_channel(client, "no-such-route", _outbound("infinite", ended))
+    with pytest.raises(RSocketRemoteError, match="UnknownRouteError"):
+        answer.to_list(timeout=WAIT_S)
+    assert ended.wait(WAIT_S)  # ERROR ended our direction too
+    loopback.wait_no_streams(client)
+
+
+def test_a_failing_outbound_fails_the_channel_with_its_error(loopback: Loopback) -> None:
+    client = loopback.connect()
+    ended = threading.Event()
+    subscriber: TestSubscriber[bytes] = TestSubscriber(100)
+    remote_channel(client, "upper", _outbound("failing", ended), b"h").subscribe(subscriber)
+    assert subscriber.await_terminal(WAIT_S)
+    (error,) = subscriber.errors
+    assert isinstance(error, ValueError) and str(error) == "outbound broke"
+    loopback.wait_no_streams(client)
+
+
+def test_channels_requested_and_cancelled_from_threads_leave_no_stream(
+    loopback: Loopback,
+) -> None:
+    client = loopback.connect()
+    rng = random.Random(1093)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for run in range(100):
+            kind = rng.choice(["finite", "infinite", "failing"])
+            ended, opened = threading.Event(), threading.Event()
+            subscriber: TestSubscriber[bytes] = TestSubscriber()
+            outbound = _outbound(kind, ended, opened)
+            remote_channel(client, "upper", outbound, b"h").subscribe(subscriber)
+            requests = [rng.randint(1, 3) for _ in range(rng.randint(1, 4))]
+            # Cancel at once, after the first answer (the route has not subscribed its
+            # inbound yet when only that item was asked), or not at all.
+            cancel = rng.choice(["now", "after-first", "after-first", "no"])
+            go = threading.Barrier(2)
+
+            def ask(
+                requests: list[int] = requests, subscriber: Any = subscriber, go: Any = go
+            ) -> None:
+                go.wait()
+                for n in requests:
+                    subscriber.request(n)
+
+            def stop(cancel: str = cancel, subscriber: Any = subscriber, go: Any = go) -> None:
+                go.wait()
+                if cancel == "after-first":
+                    deadline = time.monotonic() + WAIT_S
+                    while not subscriber.items and not subscriber.is_terminated:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.0005)
+                if cancel != "no":
+                    subscriber.cancel()
+
+            threads = [threading.Thread(target=ask), threading.Thread(target=stop)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if not subscriber.is_terminated:
+                subscriber.cancel()  # not enough demand to end: end it
+            _barrier(client)  # the hops to the loop ran: the channel opened or never will
+            if opened.is_set():  # cancelled before its first request, it never opened
+                assert ended.wait(WAIT_S), (run, kind, subscriber.items, subscriber.errors)
+            assert subscriber.violations == [], (run, kind)
+    finally:
+        sys.setswitchinterval(switch)
+    loopback.wait_no_streams(client)
+
+
+def test_a_remote_error_crossing_a_cancel_is_dropped_quietly() -> None:
+    # The loop is not running: the cancel's hop (and its CANCEL) waits while an ERROR frame
+    # for the stream is handled, as when it was already on its way.
+    loop = asyncio.new_event_loop()
+    try:
+        wire = _Wire(loop)
+        subscriber: TestSubscriber[bytes] = TestSubscriber(1)
+        subscription = _RemoteSubscription(subscriber, wire, bytes)
+        wire.target = subscription
+        subscriber.on_subscribe(subscription)
+        subscriber.cancel()
+        wire.on_error(RuntimeError("ValueError: too late"))  # the remote's ERROR
+        assert subscriber.errors == []
+    finally:
+        loop.close()  # the module's no_undeliverable mark fails a reported error
 
 
 # -- the server's bridge under the kit -------------------------------------------------------------
