@@ -32,10 +32,19 @@ Rules, and where they hold:
   stream was built or subscribed on; ``request`` and ``cancel`` from any thread only
   record and wake it (``call_soon_threadsafe``).
 * Rule 3.9: a bad request is recorded in the ``Terminal`` and signalled by the task,
-  between two items, never overlapping an ``on_next``; before the first demand it is
-  signalled without sending the request.
-* Rules 3.5, 3.7, 3.13: cancel records the end once, drops the subscriber and cancels
-  the task, whose ``async with`` closes the response.
+  between two items, never overlapping an ``on_next``; a read waiting for the server
+  is interrupted for it, as for a cancel; before the first demand it is signalled
+  without sending the request.
+* Rules 3.5, 3.7, 3.13: cancel records the end once, drops the subscriber and
+  interrupts the task's read (an anyio cancel scope: httpcore shields its clean-up
+  from those only), whose ``async with`` closes the response. Once cancelled, nothing reaches
+  the subscriber nor the undeliverable hook (a status error or a transport error
+  that raced the cancel is dropped: it is not the subscriber's concern).
+* A task opening the response (connecting, sending, waiting for the headers) is never
+  interrupted: httpcore can leave a connection it was cancelled while acquiring in its
+  pool for good (encode/httpcore#1093), and enough of them make every later request
+  fail with ``PoolTimeout``. A cancel then detaches downstream at once, and the task
+  closes the response as soon as the open returns.
 
 ``RetryAfter`` is a policy for ``Flow.retry``: on a 429/503 (``HTTPStatusError``, or
 httpx's own from ``raise_for_status()``) it waits what ``Retry-After`` says, capped;
@@ -48,6 +57,7 @@ import asyncio
 import contextlib
 import email.utils
 import math
+import re
 import sys
 import threading
 import time
@@ -59,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from typing_extensions import override
 
 from .._core._demand import add_cap, check_request, produced
+from .._core._hooks import report_undeliverable
 from .._core._operator import EmptySubscription
 from .._core._signals import signal_complete, signal_error
 from .._core._terminal import Terminal
@@ -66,6 +77,7 @@ from .._flow import Flow
 from ..operators._retry import Backoff
 
 if TYPE_CHECKING:
+    import anyio
     import httpx
 
     from ..abc import Subscriber
@@ -84,6 +96,10 @@ T = TypeVar("T")
 # response is closed: enough for a problem+json document, never a whole download.
 _ERROR_BODY_LIMIT = 8192
 
+# Delta-seconds: ASCII digits only (``str.isdigit`` and ``float`` also take other
+# scripts' digits, ``1_000`` and exponents), with an optional fraction.
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+
 
 # -- Retry-After ------------------------------------------------------------------------------
 
@@ -92,9 +108,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date.
 
     ``now`` (seconds since the epoch, default ``time.time()``) is what an HTTP-date is
-    measured from; a date in the past is ``0.0``. A missing or malformed value is
-    ``None``. Delta-seconds with a fraction are accepted (RFC 9110 asks for an integer,
-    some servers send ``1.5``); negative, infinite and NaN values are not.
+    measured from; a date in the past is ``0.0``. A missing or malformed value, and
+    anything that is not a ``str``, is ``None``. Delta-seconds are ASCII digits, with
+    an optional fraction (RFC 9110 asks for an integer, some servers send ``1.5``);
+    signs, exponents, ``_`` separators, other scripts' digits, and values too large
+    to be finite are not accepted.
 
     Example:
         >>> parse_retry_after("120")
@@ -104,25 +122,25 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         >>> parse_retry_after("soon") is None
         True
     """
-    if value is None:
-        return None
+    if not isinstance(value, str):
+        return None  # None, or a header value that is not text (bytes from a dict...)
     text = value.strip()
     if not text:
         return None
+    if _DELTA_SECONDS.fullmatch(text) is not None:
+        seconds = float(text)
+        return seconds if math.isfinite(seconds) else None  # 400 digits overflow to inf
     if text[0].isdigit():
-        try:
-            seconds = float(text)
-        except ValueError:
-            return None
-        return seconds if math.isfinite(seconds) else None
+        return None  # digits, but not delta-seconds ("1e3", "1_000", "5, 10"...)
     try:
         date = email.utils.parsedate_to_datetime(text)
+        if date.tzinfo is None:
+            date = date.replace(tzinfo=UTC)  # an HTTP-date is GMT
+        moment = time.time() if now is None else now
+        seconds = date.timestamp() - moment
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if date.tzinfo is None:
-        date = date.replace(tzinfo=UTC)  # an HTTP-date is GMT
-    moment = time.time() if now is None else now
-    return max(0.0, date.timestamp() - moment)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -248,9 +266,11 @@ class RetryAfter:
             return None
         raw = _header(headers, "retry-after")
         seconds = parse_retry_after(raw, self.clock()) if raw is not None else retry_after
-        if seconds is None:
-            return None
-        return min(max(seconds, 0.0), float(self.cap))
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            return None  # no wait stated, or an ``HTTPStatusError`` built with a non-number
+        if not math.isfinite(seconds):
+            return None  # NaN or infinite: not a wait, fall back to the backoff
+        return min(max(float(seconds), 0.0), float(self.cap))
 
     def delay_for(self, attempt: int, error: Exception) -> float:
         """The wait before retry ``attempt`` (0 for the first) after ``error``."""
@@ -289,6 +309,7 @@ class _BodySubscription(Generic[T]):
         "_loop",
         "_parked",
         "_requested",
+        "_scope",
         "_source",
         "_started",
         "_task",
@@ -324,6 +345,9 @@ class _BodySubscription(Generic[T]):
         # Loop-confined from here on.
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The anyio cancel scope around the task's reads; None while it opens the
+        # response (encode/httpcore#1093) or closes it: nothing may interrupt those.
+        self._scope: anyio.CancelScope | None = None
         # The task decided how the stream ends and is closing the response: a cancel
         # now must not interrupt that close.
         self._closing = False
@@ -347,6 +371,10 @@ class _BodySubscription(Generic[T]):
             elif self._parked:
                 self._parked = False
                 action = self._wakeup.set
+            elif error is not None:
+                # The task may wait on a read for as long as the server is silent:
+                # interrupt it as cancel does; it then delivers the error (Rule 3.9).
+                action = self._interrupt
             else:
                 return  # the running task takes the new demand at its next batch
         if _running_loop() is self._loop:
@@ -381,45 +409,81 @@ class _BodySubscription(Generic[T]):
         self._task = self._loop.create_task(self._run(), name=repr(self._source))
 
     def _interrupt(self) -> None:
-        """Cancel the task so that it closes the response (runs on the loop)."""
-        task = self._task
-        if task is None or task.done() or self._closing:
-            return  # not started (and never will be), or already closing
-        if task is asyncio.current_task():
-            return  # cancel() from inside on_next: the task sees _actual is None next
-        task.cancel()
+        """Make the task look at the state now, for a cancel or a bad request (on the loop).
+
+        A task waiting for demand is woken. A task reading the body (or an error
+        status's body) has its read cancelled through an anyio cancel scope, never
+        ``Task.cancel()``: httpcore shields its own clean-up (giving the connection
+        back to the pool) from anyio cancellation only, so a native cancel landing there
+        would leave the connection counted as busy for good. A task opening the
+        response has no scope: it looks at the state when the open returns.
+        """
+        self._wakeup.set()  # a stale wake-up is harmless: _demand re-checks and re-parks
+        scope = self._scope
+        if scope is not None and not self._closing:
+            scope.cancel()
 
     async def _run(self) -> None:
         failure: Exception | None = None
         try:
-            if await self._demand() == 0:  # a bad request or a cancel came first
-                failure = None
-            else:
+            if await self._demand() > 0:  # else a bad request or a cancel came first
                 async with self._source._open() as response:
-                    if 200 <= response.status_code < 300:
-                        items = self._source._items(response)
-                        try:
-                            await self._relay(items)
-                        finally:
-                            self._closing = True
-                            await items.aclose()  # httpx's async generator, suspended or done
-                    else:
-                        failure = await _status_error(response)
-                        self._closing = True
+                    failure = await self._read(response)
         except asyncio.CancelledError:
-            if self._terminal.cancel():
-                # Someone else cancelled the task: the loop is shutting down (as the
-                # async sources do, nothing more is signalled on a dying loop).
-                self._actual = None
-                raise
-            return  # our own cancel: the response is closed, nothing to signal
+            # Not ours (ours are anyio's, caught by their scope): the loop is shutting
+            # down; as the async sources do, nothing more is signalled on a dying loop.
+            self._terminal.cancel()
+            self._actual = None
+            raise
         except Exception as error:  # transport errors, a raising on_next (Rule 2.13)
             failure = error
         self._end(failure)
 
+    async def _read(self, response: httpx.Response) -> HTTPStatusError | None:
+        """Relay the body, or describe an error status, until done or interrupted.
+
+        Only this part can be interrupted (``_scope``): not the open before it
+        (encode/httpcore#1093), nor the close after it.
+        """
+        import anyio  # httpx's own dependency: there whenever a response is
+
+        if self._actual is None or self._terminal.ending is not None:
+            self._closing = True  # cancelled or failed (Rule 3.9) while opening
+            return None
+        ok = 200 <= response.status_code < 300
+        items = self._source._items(response) if ok else None
+        failure: HTTPStatusError | None = None
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                try:
+                    if items is not None:
+                        await self._relay(items)
+                    else:
+                        failure = await _status_error(response)
+                finally:
+                    self._scope = None
+                    self._closing = True
+        finally:
+            if items is not None:
+                await items.aclose()  # httpx's async generator, suspended or done
+        return failure
+
     def _end(self, failure: Exception | None) -> None:
-        """Deliver the ending once; one recorded first (a Rule 3.9 request) wins."""
-        ending = self._terminal.finish(failure)
+        """Deliver the ending once; one recorded first (a Rule 3.9 request) wins.
+
+        After a cancel, ``failure`` is dropped quietly: a status or transport error
+        that raced the cancel is no fault of the subscriber's, nor a Rule 1.7 breach.
+        """
+        terminal = self._terminal
+        if (
+            failure is not None
+            and not terminal.fail(failure, eager=True, quiet=True)
+            and not terminal.is_cancelled
+        ):
+            # Lost to the bad request recorded first (Rule 3.9): reported, not dropped.
+            report_undeliverable(failure, f"{self._source!r}: after a bad request (Rule 3.9)")
+        ending = terminal.finish()
         actual = self._actual
         self._actual = None  # Rule 3.13
         self._task = None
@@ -475,7 +539,13 @@ class _BodySubscription(Generic[T]):
                 actual = self._actual
                 if actual is None:
                     return  # cancelled while the read was in flight: drop it (Rule 3.6)
-                actual.on_next(item)  # raising: Rule 2.13, on_error via _run
+                try:
+                    actual.on_next(item)  # raising: Rule 2.13, on_error via _run
+                except Exception as fault:
+                    if terminal.is_cancelled:  # it cancelled, then raised: _end drops errors
+                        report_undeliverable(fault, f"{self._source!r}: on_next raised")
+                        return
+                    raise
                 emitted += 1
             with self._lock:
                 self._requested = produced(self._requested, emitted)
@@ -510,7 +580,16 @@ async def _status_error(response: httpx.Response) -> HTTPStatusError:
 class _HTTPFlow(Flow[T]):
     """One HTTP request per subscriber; its body as items, read as demand allows."""
 
-    __slots__ = ("_chunk_size", "_client", "_kwargs", "_lines", "_loop", "_method", "_url")
+    __slots__ = (
+        "_chunk_size",
+        "_client",
+        "_kwargs",
+        "_lines",
+        "_loop",
+        "_loop_lock",
+        "_method",
+        "_url",
+    )
 
     def __init__(
         self,
@@ -527,9 +606,24 @@ class _HTTPFlow(Flow[T]):
         self._chunk_size = chunk_size
         self._lines = chunk_size is None
         # The loop the client is used on: given, else the one running now, else the
-        # one running at subscribe time (a retry re-subscribes from a timer thread).
+        # one running at the first subscription, kept for the later ones (a retry
+        # re-subscribes from a timer thread). Guarded by _loop_lock; set once.
         self._loop = loop if loop is not None else _running_loop()
+        self._loop_lock = threading.Lock()
         self._kwargs = kwargs
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop to run on; the first one seen running at a subscription is kept."""
+        loop = self._loop
+        if loop is not None:
+            return loop
+        running = _running_loop()
+        if running is None:
+            return None  # never subscribed on a loop yet
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = running
+            return self._loop
 
     def _open(self) -> Any:
         """``client.stream(...)``: sends the request on enter, closes the response on exit."""
@@ -543,7 +637,7 @@ class _HTTPFlow(Flow[T]):
 
     @override
     def _subscribe(self, subscriber: Subscriber[T]) -> None:
-        loop = self._loop if self._loop is not None else _running_loop()
+        loop = self._event_loop()
         if loop is None or loop.is_closed():
             subscriber.on_subscribe(EmptySubscription())
             signal_error(
@@ -600,15 +694,21 @@ def http_stream(
     is read, the socket buffers fill and TCP flow control stops the server.
 
     Cancellation: closes the response; a body not read to its end closes the connection
-    (the server sees a disconnect) instead of returning it to the client's pool.
+    (the server sees a disconnect) instead of returning it to the client's pool. A
+    cancel while the request is being sent (the connection opened, the headers awaited)
+    detaches downstream at once and closes the response when it arrives: interrupting
+    httpx there could leave a dead connection in the client's pool. After a cancel no
+    error is signalled or reported.
 
     Errors: a status outside 2xx is ``on_error(HTTPStatusError)`` (status, headers,
     ``retry_after``) before any item; connection and read errors are httpx's own
-    exceptions (``httpx.ConnectError``, ``httpx.ReadTimeout``...).
+    exceptions (``httpx.ConnectError``, ``httpx.ReadTimeout``...). A ``request(n <= 0)``
+    interrupts a read waiting for the server and is ``on_error`` (Rule 3.9).
 
     Everything runs on one event loop -- ``loop``, else the one running when this is
-    called, else the one running at subscribe time -- the loop the client belongs to;
-    ``request`` and ``cancel`` may come from any thread.
+    called, else the one running at the first subscription, kept for later ones (so
+    ``retry``, which re-subscribes from a timer thread, works) -- the loop the client
+    belongs to; ``request`` and ``cancel`` may come from any thread.
 
     Example:
         Count the bytes of a download, 4 KiB per requested chunk (a running server and

@@ -100,6 +100,7 @@ def make_app(state: ServerState) -> Callable[[Scope, Receive, Send], Any]:
     * ``/status/<key>?code=C&retry_after=V``: status C, optional Retry-After, a short body.
     * ``/flaky/<key>?fail=K&code=C&retry_after=V|&in=S``: the first K requests get C with
       ``Retry-After: V`` (or an HTTP-date S seconds ahead), later ones 200 ``b"ok"``.
+    * ``/stall/<key>``: 200, ``b"first"``, then nothing until the client goes away.
     * ``/ping``: 200 ``b"pong"``.
     """
 
@@ -119,6 +120,10 @@ def make_app(state: ServerState) -> Callable[[Scope, Receive, Send], Any]:
             await _respond(send, 200, TEXT_BODY, content_type=b"text/plain; charset=utf-8")
         elif route == "big":
             await _big(send, receive, state, path)
+        elif route == "stall":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            await _watch_disconnect(receive, state, path)
         elif route == "status":
             await _respond(send, int(query["code"]), b"no", retry_after=query.get("retry_after"))
         elif route == "flaky":
@@ -543,6 +548,114 @@ def test_a_raising_on_next_becomes_on_error_and_closes_the_response(served: Serv
 
     asyncio.run(main())
     assert len(seen) == 2 and len(errors) == 1 and isinstance(errors[0], Boom)
+
+
+def test_a_bad_request_interrupts_a_read_the_server_stalls_rule_3_9(served: Served) -> None:
+    """The server sends one chunk, then nothing: ``request(0)`` must not wait for more."""
+    path = f"/stall/{key()}"
+
+    async def main() -> TestSubscriber[bytes]:
+        async with client_for() as client:  # a 10 s read timeout: longer than `until`'s 5
+            subscriber: TestSubscriber[bytes] = TestSubscriber(2)
+            http_stream(client, "GET", f"{served.url}{path}", chunk_size=5).subscribe(subscriber)
+            await until(lambda: len(subscriber.items) == 1, "the first chunk")
+            await asyncio.to_thread(subscriber.request, 0)  # the task is reading
+            await until(lambda: subscriber.is_terminated, "the Rule 3.9 error", timeout=5.0)
+            await until(lambda: served.state.saw_disconnect(path), "the connection to close")
+            return subscriber
+
+    subscriber = asyncio.run(main())
+    assert subscriber.items == [b"first"] and len(subscriber.errors) == 1
+    assert isinstance(subscriber.errors[0], NonPositiveRequestError)
+    subscriber.assert_clean()
+
+
+def test_cancels_at_any_point_leave_the_client_pool_healthy(served: Served) -> None:
+    """Cancels while connecting, mid-body and as the body ends never poison the pool.
+
+    httpcore leaves a connection it was natively cancelled while acquiring in its pool
+    for good (encode/httpcore#1093), and one natively cancelled while giving itself
+    back stays counted as busy: with ``max_connections=2``, two such leaks make every
+    later request fail with ``PoolTimeout``.
+    """
+
+    async def main() -> TestSubscriber[bytes]:
+        limits = httpx.Limits(max_connections=2)
+        timeout = httpx.Timeout(10.0, pool=2.0)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+            for run in range(120):
+                path = f"/count/{key()}?n={3 if run % 2 else 2**63 - 1}"
+                subscriber: TestSubscriber[bytes] = TestSubscriber()
+                flow = http_stream(client, "GET", f"{served.url}{path}", chunk_size=4)
+                flow.subscribe(subscriber)
+                subscriber.request(1 + run % 3)
+                for _ in range(run % 30):  # the task is this many steps into the exchange
+                    await asyncio.sleep(0)
+                subscriber.cancel()
+                assert not subscriber.is_terminated
+            healthy: TestSubscriber[bytes] = TestSubscriber(10)
+            http_stream(client, "GET", f"{served.url}/ping").subscribe(healthy)
+            await until(lambda: healthy.is_terminated, "the healthy request")
+            return healthy
+
+    healthy = asyncio.run(main())
+    assert healthy.items == [b"pong"] and healthy.errors == []
+
+
+class _CancelOnClose(httpx.AsyncByteStream):
+    """A response body whose close cancels the subscriber: an error decided, then cancel."""
+
+    def __init__(self, body: bytes, cancel: Callable[[], None], fail: bool = False) -> None:
+        self.body = body
+        self.cancel = cancel
+        self.fail = fail
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.fail:
+            self.cancel()  # then the read fails: a transport error that raced the cancel
+            raise httpx.ReadError("reset")
+        yield self.body
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["503", "read-error"])
+def test_an_error_that_races_a_cancel_is_dropped_quietly(fail: bool) -> None:
+    """Neither signalled (Rule 3.7) nor reported: downstream is gone, it is no one's fault."""
+    subscriber: TestSubscriber[bytes] = TestSubscriber()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = _CancelOnClose(b"busy", subscriber.cancel, fail)
+        status = 200 if fail else 503
+        return httpx.Response(status, headers={"Retry-After": "1"}, stream=body)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            http_stream(client, "GET", "http://test/").subscribe(subscriber)
+            subscriber.request(1)
+            await until(lambda: subscriber.cancelled, "the cancel")
+            for _ in range(20):
+                await asyncio.sleep(0)
+
+    asyncio.run(main())  # the module's no_undeliverable mark fails a reported error
+    assert subscriber.items == [] and not subscriber.is_terminated
+
+
+def test_retry_of_a_flow_built_outside_the_loop_reuses_its_first_loop(served: Served) -> None:
+    """A retry re-subscribes from a timer thread: the loop of the first subscription is kept."""
+    path = f"/flaky/{key()}"
+    client = httpx.AsyncClient(timeout=10.0)  # built, like the flow, before any loop runs
+    # A wait above 0: a retry without one re-subscribes at once, on the loop.
+    flow = http_stream(client, "GET", f"{served.url}{path}?fail=2&retry_after=0.2")
+
+    async def main() -> list[bytes]:
+        async with client:
+            retried = flow.retry(3, backoff=RetryAfter(cap=5.0), retry_on=_retry_on_shed)
+            return await retried.to_list_async()
+
+    assert asyncio.run(main()) == [b"ok"]
+    assert len(served.state.arrived(path)) == 3
 
 
 def test_subscribed_without_a_loop_is_on_error() -> None:

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reactive_bp import UNBOUNDED, Backoff, Flow, RetryExhaustedError
-from reactive_bp.connectors.http import HTTPStatusError, RetryAfter
+from reactive_bp.connectors.http import HTTPStatusError, RetryAfter, parse_retry_after
 from reactive_bp.operators._retry import RetryPolicy
 from reactive_bp.schedulers import VirtualTimeScheduler
 from reactive_bp.testing import TestSubscriber
@@ -154,6 +154,27 @@ def test_a_retry_after_given_without_the_header_is_used() -> None:
     made_by_hand = HTTPStatusError(429, {}, retry_after=12.0)
     attempts, _, _ = run([made_by_hand], policy)
     assert attempts.waits() == [12.0]
+
+
+def test_a_non_finite_retry_after_falls_back_to_the_backoff() -> None:
+    # NaN would pass every comparison and become the wait; inf is not a stated wait either.
+    policy = RetryAfter(cap=30.0, backoff=NO_JITTER)
+    errors = [HTTPStatusError(503, {}, value) for value in (math.nan, math.inf, -math.inf)]
+    assert [policy.stated_wait(error) for error in errors] == [None, None, None]
+    attempts, subscriber, _ = run(errors, policy)
+    assert attempts.waits() == [0.25, 0.25, 0.25]
+    assert subscriber.completed
+
+
+def test_header_values_that_are_not_ascii_delta_seconds_fall_back_to_the_backoff() -> None:
+    policy = RetryAfter(cap=30.0, backoff=NO_JITTER)
+    hostile: list[object] = [b"5", 5, None, "1_000", "\u0663", "\uff15", "1e3", "+5", ".5", "5."]
+    for value in hostile:
+        error = HTTPStatusError(503, {"Retry-After": value})  # type: ignore[dict-item]
+        assert policy.stated_wait(error) is None, value
+        assert parse_retry_after(value) is None, value  # type: ignore[arg-type]
+    assert parse_retry_after("9" * 400) is None  # all digits, but beyond a float
+    assert parse_retry_after("2.5") == 2.5 and parse_retry_after("007") == 7.0
 
 
 def test_httpx_raise_for_status_errors_are_read_too() -> None:
