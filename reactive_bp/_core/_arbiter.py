@@ -39,7 +39,7 @@ from ._hooks import ProtocolViolationError, report_undeliverable
 if TYPE_CHECKING:
     from ..abc import Subscriber, Subscription
 
-__all__ = ["ArbiterRelay", "SubscriptionArbiter", "cancel_quietly"]
+__all__ = ["ArbiterRelay", "SubscriptionArbiter", "cancel_quietly", "refuse_second_subscription"]
 
 T = TypeVar("T")
 
@@ -50,6 +50,19 @@ def cancel_quietly(subscription: Subscription) -> None:
         subscription.cancel()
     except Exception as fault:
         report_undeliverable(fault, f"{subscription!r}.cancel()")
+
+
+def refuse_second_subscription(subscription: Subscription, where: str) -> None:
+    """Rule 2.5: cancel a second ``subscription`` a subscriber was given, and report it.
+
+    The one place for what every subscriber does with a second ``on_subscribe``:
+    the new subscription is cancelled (quietly, Rule 3.15) and the protocol
+    violation goes to the undeliverable hook, naming ``where``.
+    """
+    cancel_quietly(subscription)
+    report_undeliverable(
+        ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"), where
+    )
 
 
 class SubscriptionArbiter:
@@ -221,11 +234,7 @@ class ArbiterRelay(SubscriptionArbiter, Generic[T]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         if self._active:
-            cancel_quietly(subscription)
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return
         self._active = True
         self.set_upstream(subscription)

@@ -33,7 +33,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar, final
 
-from ._hooks import ProtocolViolationError, report_undeliverable
+from ._arbiter import refuse_second_subscription
+from ._hooks import report_undeliverable
 from ._signals import signal_complete, signal_error
 
 if TYPE_CHECKING:
@@ -136,11 +137,7 @@ class OperatorSubscriber(Generic[T, R]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         if self._upstream is not CANCELLED:
-            subscription.cancel()  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                type(self).__name__,
-            )
+            refuse_second_subscription(subscription, type(self).__name__)  # Rule 2.5
             return
         self._upstream = subscription
         try:

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, final
 
 from typing_extensions import override
 
-from ._arbiter import cancel_quietly
+from ._arbiter import cancel_quietly, refuse_second_subscription
 from ._demand import UNBOUNDED, add_cap, check_request, produced
 from ._hooks import ProtocolViolationError, report_undeliverable
 from ._operator import CANCELLED
@@ -251,11 +251,7 @@ class QueueDrain(Generic[R_co]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         if current is not CANCELLED:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return False
         return True
 
@@ -542,11 +538,7 @@ class InnerQueueSubscriber(Generic[T]):
             if not second and not cancelled:
                 self._subscription = subscription
         if second:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self._parent),
-            )
+            refuse_second_subscription(subscription, repr(self._parent))  # Rule 2.5
         elif cancelled:
             cancel_quietly(subscription)
         else:

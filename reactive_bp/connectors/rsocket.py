@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
 from typing_extensions import override
 
-from .._core._arbiter import SubscriptionArbiter, cancel_quietly
+from .._core._arbiter import SubscriptionArbiter, refuse_second_subscription
 from .._core._demand import UNBOUNDED, add_cap
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import EmptySubscription
@@ -447,11 +447,7 @@ class _ResponseBridge(Generic[T]):
             second = self._subscribed
             self._subscribed = True
         if second:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return
         self._arbiter.set_upstream(subscription)
 

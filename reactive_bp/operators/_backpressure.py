@@ -38,9 +38,8 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, final
 
 from typing_extensions import override
 
-from .._core._arbiter import cancel_quietly
+from .._core._arbiter import cancel_quietly, refuse_second_subscription
 from .._core._demand import UNBOUNDED
-from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED
 from .._core._push import (
     BufferStats,
@@ -231,10 +230,7 @@ class _BufferSubscriber(PushBuffer[T]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         if self._upstream is not CANCELLED:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"), self.name
-            )
+            refuse_second_subscription(subscription, self.name)  # Rule 2.5
             return
         self._upstream = subscription
         self.on_cancel(self._cancel_upstream)

@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from typing_extensions import override
 
-from .._core._arbiter import ArbiterRelay, SubscriptionArbiter, cancel_quietly
+from .._core._arbiter import (
+    ArbiterRelay,
+    SubscriptionArbiter,
+    cancel_quietly,
+    refuse_second_subscription,
+)
 from .._core._demand import UNBOUNDED, add_cap, produced
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED, EmptySubscription
@@ -255,11 +260,7 @@ class _FlatMapMain(QueueDrain[R], Generic[T, R]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         if self._upstream is not CANCELLED:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return
         self._upstream = subscription
         actual = self._actual
@@ -844,11 +845,7 @@ class _ConcatMapMain(Generic[T, R]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         if self._upstream is not CANCELLED:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return
         self._upstream = subscription
         actual = self._actual

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from typing_extensions import override
 
-from .._core._arbiter import cancel_quietly
+from .._core._arbiter import cancel_quietly, refuse_second_subscription
 from .._core._demand import add_cap, produced
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED, EmptySubscription
@@ -310,11 +310,7 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         if self._upstream is not CANCELLED:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return
         self._upstream = subscription
         actual = self._actual

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from typing_extensions import override
 
-from .._core._arbiter import cancel_quietly
+from .._core._arbiter import cancel_quietly, refuse_second_subscription
 from .._core._demand import UNBOUNDED, add_cap, produced, sub_or_zero
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED, EmptySubscription
@@ -423,10 +423,7 @@ class _SplitMain(QueueDrain[F], Generic[T, F]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         if not self._upstream.set(subscription):
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"), repr(self)
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return
         actual = self._actual
         if actual is None:  # pragma: no cover - cannot be released before on_subscribe

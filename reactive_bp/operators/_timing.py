@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from typing_extensions import override
 
-from .._core._arbiter import SubscriptionArbiter, cancel_quietly
+from .._core._arbiter import SubscriptionArbiter, cancel_quietly, refuse_second_subscription
 from .._core._demand import UNBOUNDED, add_cap, check_request, produced, sub_or_zero
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED
@@ -106,11 +106,7 @@ class _DelaySubscriber(QueueDrain[T]):
         if subscription is None:
             raise TypeError("Rule 2.13: on_subscribe(None) is not allowed")
         if self._upstream is not CANCELLED:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return
         self._upstream = subscription
         actual = self._actual
@@ -364,11 +360,7 @@ class _TimeoutSubscriber(Generic[T]):
             cancel_quietly(subscription)  # timed out (or cancelled) before it subscribed
             return
         if second:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return
         self._arbiter.set_upstream(subscription)
 

@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from typing_extensions import override
 
-from .._core._arbiter import cancel_quietly
+from .._core._arbiter import cancel_quietly, refuse_second_subscription
 from .._core._demand import add_cap, check_request, produced, sub_or_zero
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._operator import CANCELLED
@@ -517,11 +517,7 @@ class MulticastProcessor(Flow[T], Generic[T]):
                 self._upstream = subscription
                 owner = self._enter_locked()
         if second:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self),
-            )
+            refuse_second_subscription(subscription, repr(self))  # Rule 2.5
         elif ended:
             cancel_quietly(subscription)  # the processor is over: nothing to receive
         elif owner:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from typing_extensions import override
 
-from .._core._arbiter import cancel_quietly
+from .._core._arbiter import cancel_quietly, refuse_second_subscription
 from .._core._demand import UNBOUNDED, add_cap, check_request, produced
 from .._core._hooks import ProtocolViolationError, report_undeliverable
 from .._core._push import OfferResult
@@ -110,11 +110,9 @@ class SerializedUpstream:
                 if run:
                     self._busy = True
         if second:
-            cancel_quietly(subscription)  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                repr(self._owner if self._owner is not None else self),
-            )
+            refuse_second_subscription(
+                subscription, repr(self._owner if self._owner is not None else self)
+            )  # Rule 2.5
             return False
         if run:
             self._run()

@@ -6,8 +6,9 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Generic, TypeVar, final
 
+from .._core._arbiter import refuse_second_subscription
 from .._core._demand import UNBOUNDED
-from .._core._hooks import ProtocolViolationError, report_undeliverable
+from .._core._hooks import report_undeliverable
 from .._core._operator import CANCELLED, EmptySubscription
 
 if TYPE_CHECKING:
@@ -127,11 +128,7 @@ class BaseSubscriber(Generic[T]):
             subscription.cancel()  # the subscriber left before it arrived
             return
         if self._subscription is not CANCELLED or self._done:
-            subscription.cancel()  # Rule 2.5
-            report_undeliverable(
-                ProtocolViolationError("Rule 2.5: a second on_subscribe was cancelled"),
-                type(self).__name__,
-            )
+            refuse_second_subscription(subscription, type(self).__name__)  # Rule 2.5
             return
         self._subscription = subscription
         if self._done:
