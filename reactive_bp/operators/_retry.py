@@ -267,6 +267,11 @@ class _RetrySubscriber(ArbiterRelay[T]):
         if error is None:
             raise TypeError("Rule 2.13: on_error(None) is not allowed")
         if self._actual is None:
+            pending = self.pending_error
+            if pending is not None and _answers(error, pending):
+                # The answer to a bad request already signalled: racing a re-subscription,
+                # the bad n reached two attempts (the requesting thread's and the new one's).
+                return
             report_undeliverable(error, f"{self!r} after terminal/cancel")
             return
         self.clear_upstream()
