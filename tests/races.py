@@ -1233,6 +1233,9 @@ class Ending:
     items: list[object]
     terminal: Terminal | None
     cancelled: bool
+    # Upstream was cancelled before downstream cancelled (or downstream never did):
+    # the operator ended its upstream by itself.
+    upstream_cancelled_first: bool = False
 
 
 @dataclass
@@ -1256,13 +1259,17 @@ class Outcome:
 
     def ending(self) -> Ending:
         terminals = self.subscriber.terminals
+        downstream = self.subscriber.cancel_seq
+        upstream = getattr(self.producer, "cancel_seq", None)
         return Ending(
             mode=self.mode,
             error=self.error,
             sent=list(self.producer.sent) if self.producer is not None else [],
             items=list(self.subscriber.items),
             terminal=terminals[0] if terminals else None,
-            cancelled=self.subscriber.cancel_seq is not None,
+            cancelled=downstream is not None,
+            upstream_cancelled_first=upstream is not None
+            and (downstream is None or upstream < downstream),
         )
 
 

@@ -167,6 +167,11 @@ def _timed_out(e: Ending) -> bool:
 
 
 def _fell_back(e: Ending) -> bool:
+    # Completed by the fallback, or timed out (the source cancelled by the operator)
+    # and then cancelled downstream before the fallback delivered: a source's error
+    # that lost the race against the timeout is then a late signal, reported.
+    if e.terminal is None:
+        return e.upstream_cancelled_first
     return e.terminal is COMPLETE and e.items[-1:] == [-1]
 
 

@@ -82,7 +82,15 @@ class SubscriptionArbiter:
     and ``hook_on_bad_request`` (how a Rule 3.9 error reaches downstream).
     """
 
-    __slots__ = ("_bad_n", "_cancelled", "_lock", "_pending_error", "_requested", "_upstream")
+    __slots__ = (
+        "_bad_n",
+        "_cancelled",
+        "_epoch",
+        "_lock",
+        "_pending_error",
+        "_requested",
+        "_upstream",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -97,6 +105,8 @@ class SubscriptionArbiter:
         # Guarded by _lock; set once, by the first invalid request (Rule 3.9).
         self._pending_error: Exception | None = None
         self._bad_n: object = None
+        # Guarded by _lock: how many times the upstream was cleared (see set_upstream).
+        self._epoch = 0
 
     # -- the Subscription interface --------------------------------------------
 
@@ -132,15 +142,22 @@ class SubscriptionArbiter:
 
     # -- for the owner ----------------------------------------------------------
 
-    def set_upstream(self, subscription: Subscription) -> None:
+    def set_upstream(self, subscription: Subscription, epoch: int | None = None) -> None:
         """Make ``subscription`` current and ask it for the outstanding demand.
 
         If the arbiter was cancelled, ``subscription`` is cancelled instead.
         If a bad request is pending, ``subscription`` receives that request,
         so it signals the Rule 3.9 error in order with its own signals.
+
+        ``epoch``: the ``epoch`` read when this upstream was subscribed. An
+        owner that may move on to the next upstream while the current one is
+        still between ``subscribe`` and ``on_subscribe`` (``timeout`` switching
+        to its fallback from a timer) passes it: if the upstream was cleared
+        since, ``subscription`` is stale and is cancelled, never made current
+        over its successor.
         """
         with self._lock:
-            cancelled = self._cancelled
+            cancelled = self._cancelled or (epoch is not None and epoch != self._epoch)
             if not cancelled:
                 self._upstream = subscription
             requested = self._requested
@@ -157,6 +174,7 @@ class SubscriptionArbiter:
         """Forget the current upstream (it terminated), so nothing more is sent to it."""
         with self._lock:
             self._upstream = None
+            self._epoch += 1
 
     def produced(self, n: int) -> None:
         """Record that ``n`` items were relayed from the upstream that just finished."""
@@ -171,6 +189,11 @@ class SubscriptionArbiter:
     def pending_error(self) -> Exception | None:
         """The Rule 3.9 error of the first invalid ``request``, if any."""
         return self._pending_error
+
+    @property
+    def epoch(self) -> int:
+        """How many times the upstream was cleared: the generation ``set_upstream`` checks."""
+        return self._epoch
 
     @property
     def is_cancelled(self) -> bool:

@@ -362,7 +362,11 @@ class _TimeoutSubscriber(Generic[T]):
         if second:
             refuse_second_subscription(subscription, repr(self))  # Rule 2.5
             return
-        self._arbiter.set_upstream(subscription)
+        # The source is the arbiter's first upstream (epoch 0). A timeout may switch
+        # to the fallback between the check above and this call: the switch clears
+        # the upstream first, so the source, stale by then, is cancelled here rather
+        # than made current over the fallback (which would take its demand, a hang).
+        self._arbiter.set_upstream(subscription, epoch=0)
 
     def on_next(self, item: T) -> None:
         """Relay ``item`` and restart the clock if more is requested."""

@@ -346,6 +346,23 @@ def test_arbiter_carries_outstanding_demand_to_the_next_upstream() -> None:
     assert second.requests == [3] and first.requests == [5, 1]
 
 
+def test_arbiter_cancels_a_stale_upstream_instead_of_replacing_its_successor() -> None:
+    arbiter = SubscriptionArbiter()
+    arbiter.request(2)
+    epoch = arbiter.epoch  # read when the first upstream was subscribed
+    arbiter.clear_upstream()  # the owner moved on before that upstream attached
+    successor, stale = _Recorder(), _Recorder()
+    arbiter.set_upstream(successor)
+    arbiter.set_upstream(stale, epoch=epoch)
+    assert stale.cancelled and stale.requests == []
+    arbiter.request(1)
+    assert successor.requests == [2, 1] and not successor.cancelled
+    current = _Recorder()
+    arbiter.clear_upstream()
+    arbiter.set_upstream(current, epoch=arbiter.epoch)  # not stale: made current
+    assert current.requests == [3] and not current.cancelled
+
+
 def test_arbiter_demand_never_goes_negative_and_unbounded_stays_unbounded() -> None:
     arbiter = SubscriptionArbiter()
     arbiter.request(2)

@@ -8,11 +8,14 @@ advanced between steps. ``test_retry`` and ``test_map_async`` reuse it.
 
 from __future__ import annotations
 
+import inspect
+import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 
 import pytest
 from hypothesis import given, settings
@@ -28,6 +31,7 @@ from reactive_bp import (
 )
 from reactive_bp.schedulers import ImmediateScheduler, VirtualTimeScheduler, _timer
 from reactive_bp.testing import TestPublisher, TestSubscriber
+from tests.races import TraceFunction
 from tests.scenarios import Boom
 
 pytestmark = pytest.mark.no_undeliverable
@@ -745,6 +749,50 @@ def test_timeout_counts_from_subscription_even_if_the_source_never_answers() -> 
     assert late.cancelled and late.requests == []
     fallback.send_next(5)
     assert subscriber.items == [5]
+    subscriber.assert_clean()
+
+
+def test_timeout_firing_while_the_source_attaches_keeps_the_fallback_current() -> None:
+    """The timer fires inside the source's on_subscribe, after its checks and before
+    its subscription is made current (CI saw this with a 0.5 ms real-time timeout):
+    the source, stale by then, is cancelled; the fallback keeps every later demand.
+    A version that made the source current over the fallback sent the later requests
+    to the cancelled source, and the stream hung."""
+    from reactive_bp.operators._timing import _TimeoutSubscriber
+
+    code = _TimeoutSubscriber.on_subscribe.__code__
+    lines, first = inspect.getsourcelines(code)
+    window = first + next(i for i, line in enumerate(lines) if "set_upstream(" in line)
+    vts = VirtualTimeScheduler()
+    silent = _SilentPublisher()
+    fallback: TestPublisher[int] = TestPublisher()
+    subscriber: TestSubscriber[int] = TestSubscriber(2)
+    Flow.from_publisher(silent).timeout(1.0, fallback, scheduler=vts).subscribe(subscriber)
+    fired: list[int] = []
+
+    def local(frame: FrameType, event: str, _: object) -> TraceFunction:
+        if event == "line" and frame.f_lineno == window and not fired:
+            fired.append(frame.f_lineno)
+            vts.advance_by(1.0)  # the timeout switches to the fallback right here
+        return local
+
+    def calls(frame: FrameType, event: str, _: object) -> TraceFunction | None:
+        return local if event == "call" and frame.f_code is code else None
+
+    late: TestPublisher[int] = TestPublisher()
+    assert silent.subscriber is not None
+    sys.settrace(calls)
+    try:
+        late.subscribe(silent.subscriber)
+    finally:
+        sys.settrace(None)
+    assert fired, "the trace never reached the set_upstream line of on_subscribe"
+    assert late.cancelled and fallback.requests == [2]
+    subscriber.request(3)
+    assert fallback.requests == [2, 3] and late.requests == []
+    fallback.send_next(7)
+    fallback.send_complete()
+    assert subscriber.items == [7] and subscriber.completed
     subscriber.assert_clean()
 
 
