@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import enum
 import importlib
 import threading
@@ -71,11 +72,13 @@ __all__ = [
     "Settlement",
     "acked_on_delivery",
     "confirmed",
+    "confirmed_batches",
     "nack_after_delivery",
     "require",
 ]
 
 T = TypeVar("T")
+P = TypeVar("P")
 T_co = TypeVar("T_co", covariant=True)
 
 
@@ -650,20 +653,165 @@ def _as_task(waiter: Awaitable[object], loop: asyncio.AbstractEventLoop) -> asyn
     return asyncio.ensure_future(waiter, loop=loop)
 
 
+class _BatchConfirmRunner(Generic[T, P]):
+    """Publishes the items submitted in one event-loop turn as one batch.
+
+    For a client that answers many publishes at once (a Redis pipeline):
+    ``prepare(item)`` turns each item into its payload as it arrives (a raising
+    ``prepare`` fails that item), and at the end of the turn
+    ``publish_batch(payloads)`` publishes them all and returns one ``asyncio``
+    future of their replies, in order. A reply that is an exception fails its
+    item; a failed or cancelled future fails the batch's first item. No
+    future, task, callback or handle per item: the replies of a batch are
+    handed to the limiter as one list (``_MapAsyncSubscriber._calls_done``).
+
+    Loop-confined: ``submit`` from another thread is sent to the loop; ``close``
+    (cancel, from any thread) runs there too, drops what was not published
+    and cancels the futures still waiting, so the client skips the batches it
+    has not sent (what it already sent may still be appended).
+    """
+
+    __slots__ = (
+        "_closed",
+        "_finish",
+        "_loop",
+        "_on_done",
+        "_payloads",
+        "_pending",
+        "_prepare",
+        "_publish_batch",
+        "_waiting",
+    )
+
+    def __init__(
+        self,
+        prepare: Callable[[T], P],
+        publish_batch: Callable[[list[P]], asyncio.Future[Sequence[object]]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._prepare = prepare
+        self._publish_batch = publish_batch
+        self._loop = loop
+        # Loop-confined: this turn's items (with their slots) and payloads, not yet
+        # published; the batches published and not answered; closed by cancel.
+        self._pending: list[tuple[_Slot[T], T]] = []
+        self._payloads: list[P] = []
+        self._waiting: set[asyncio.Future[Sequence[object]]] = set()
+        self._closed = False
+        self._on_done: Completion[T] | None = None
+        # Set by the flow once the limiter exists: its batched success path.
+        self._finish: Callable[[list[tuple[_Slot[T], T]]], None] | None = None
+
+    def submit(self, item: T, slot: _Slot[T], on_done: Completion[T]) -> Cancellable | None:
+        loop = self._loop
+        if _running_loop() is loop:
+            self._add(item, slot, on_done)
+        else:
+            loop.call_soon_threadsafe(self._add, item, slot, on_done)
+        return None  # close() cancels what is under way, batch by batch
+
+    def _add(self, item: T, slot: _Slot[T], on_done: Completion[T]) -> None:
+        if self._closed:
+            return
+        self._on_done = on_done
+        try:
+            payload = self._prepare(item)
+        except Exception as error:  # encode raised: this item fails, the stream ends
+            on_done(slot, None, PublishError(item, error))
+            return
+        pending = self._pending
+        pending.append((slot, item))
+        self._payloads.append(payload)
+        if len(pending) == 1:
+            self._loop.call_soon(self._publish)  # after the rest of this turn's items
+
+    def _publish(self) -> None:
+        batch, self._pending = self._pending, []
+        payloads, self._payloads = self._payloads, []
+        if self._closed or not batch:
+            return
+        try:
+            future = self._publish_batch(payloads)
+        except Exception as error:  # the client refused at once
+            self._failed(batch[0], error)
+            return
+        self._waiting.add(future)
+        future.add_done_callback(partial(self._replied, batch))
+
+    def _replied(
+        self, batch: list[tuple[_Slot[T], T]], future: asyncio.Future[Sequence[object]]
+    ) -> None:
+        self._waiting.discard(future)
+        # Retrieved even when closed: a failure nobody reads is not logged at exit.
+        error = None if future.cancelled() else future.exception()
+        if self._closed:
+            return  # cancelled by the subscription, which no longer wants the outcome
+        if future.cancelled():
+            # Cancelled by the client (failing its waiters as its connection closes):
+            # not confirmed, which is a failure, never a silence.
+            error = ConnectionError("the publish was cancelled by the client")
+        if error is not None:
+            self._failed(batch[0], error)
+            return
+        replies = future.result()
+        if len(replies) != len(batch):  # pragma: no cover - a client answering out of step
+            self._failed(batch[0], RuntimeError(f"{len(replies)} replies to {len(batch)} items"))
+            return
+        confirmed: list[tuple[_Slot[T], T]] = []
+        for entry, reply in zip(batch, replies):  # noqa: B905 - lengths checked above
+            if isinstance(reply, BaseException):
+                self._hand_over(confirmed)  # the confirmations before the failure first
+                self._failed(entry, reply)
+                return
+            confirmed.append(entry)
+        self._hand_over(confirmed)
+
+    def _hand_over(self, confirmed: list[tuple[_Slot[T], T]]) -> None:
+        finish = self._finish
+        if confirmed and finish is not None:
+            finish(confirmed)
+
+    def _failed(self, entry: tuple[_Slot[T], T], error: BaseException) -> None:
+        slot, item = entry
+        on_done = self._on_done
+        if not isinstance(error, Exception):  # pragma: no cover - a BaseException escaped
+            error = RuntimeError(repr(error))
+        if on_done is not None:
+            on_done(slot, None, PublishError(item, error))
+
+    def close(self) -> None:
+        loop = self._loop
+        if _running_loop() is loop:
+            self._close()
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop runs nothing of ours any more
+            loop.call_soon_threadsafe(self._close)
+
+    def _close(self) -> None:
+        self._closed = True
+        self._pending = []
+        self._payloads = []
+        waiting, self._waiting = self._waiting, set()
+        for future in waiting:
+            future.cancel()
+
+
 class _ConfirmedFlow(Flow[T]):
-    __slots__ = ("_loop", "_max_in_flight", "_publish", "_source")
+    __slots__ = ("_loop", "_max_in_flight", "_publish", "_runner", "_source")
 
     def __init__(
         self,
         source: Flow[T],
-        publish: Callable[[T], Awaitable[object]],
+        publish: Callable[[T], Awaitable[object]] | None,
         max_in_flight: int,
         loop: asyncio.AbstractEventLoop | None,
+        runner: Callable[[asyncio.AbstractEventLoop], _BatchConfirmRunner[T, Any]] | None = None,
     ) -> None:
         self._source = source
         self._publish = publish
         self._max_in_flight = max_in_flight
         self._loop = loop
+        self._runner = runner
 
     @override
     def _subscribe(self, subscriber: Subscriber[T]) -> None:
@@ -676,7 +824,12 @@ class _ConfirmedFlow(Flow[T]):
                 self,
             )
             return
-        runner = _ConfirmRunner(self._publish, loop)
+        runner: _ConfirmRunner[T] | _BatchConfirmRunner[T, Any]
+        if self._runner is not None:
+            runner = self._runner(loop)
+        else:
+            assert self._publish is not None
+            runner = _ConfirmRunner(self._publish, loop)
         limiter = _MapAsyncSubscriber(subscriber, runner, self._max_in_flight, True)
         runner._finish = limiter._calls_done
         self._source.subscribe(limiter)
@@ -704,3 +857,26 @@ def confirmed(
     a task (the window and its ordering are ``map_async``'s limiter).
     """
     return _ConfirmedFlow(flow, publish, max_in_flight, loop)
+
+
+def confirmed_batches(
+    flow: Flow[T],
+    prepare: Callable[[T], P],
+    publish_batch: Callable[[list[P]], asyncio.Future[Sequence[object]]],
+    max_in_flight: int,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Flow[T]:
+    """``confirmed`` for a client that publishes a batch at once and answers it as one.
+
+    The items that arrive in one event-loop turn are published together:
+    ``prepare(item)`` makes each payload (a raising ``prepare`` is
+    ``PublishError(item)``), ``publish_batch(payloads)`` returns one future of
+    the replies in order, an exception instance for an item that failed. The
+    window, the order, the errors and cancellation are ``confirmed``'s; what
+    is saved is a future and a callback per item.
+    """
+
+    def runner(running: asyncio.AbstractEventLoop) -> _BatchConfirmRunner[T, Any]:
+        return _BatchConfirmRunner(prepare, publish_batch, running)
+
+    return _ConfirmedFlow(flow, None, max_in_flight, loop, runner)

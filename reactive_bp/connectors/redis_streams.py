@@ -56,7 +56,7 @@ from ._common import (
     FetchFlow,
     LazyMetadata,
     Message,
-    confirmed,
+    confirmed_batches,
     require,
 )
 
@@ -688,9 +688,10 @@ def source(
 class _Appender:
     """Pipelined ``XADD`` for one sink subscription (loop-confined).
 
-    Every ``XADD`` asked for in one event-loop turn goes out in one pipeline (one
-    round trip), one pipeline at a time: entries are appended in item order
-    and each item's reply (its entry id) is its confirmation.
+    Every batch of ``XADD`` asked for in one event-loop turn goes out in one
+    pipeline (one round trip), one pipeline at a time: entries are appended
+    in item order and each item's reply (its entry id) is its confirmation.
+    A batch cancelled before its pipeline was built is never sent.
     """
 
     def __init__(
@@ -708,18 +709,19 @@ class _Appender:
         self._field = field.encode()
         self._maxlen = maxlen
         self._approximate = approximate
-        self._queue: list[tuple[bytes, asyncio.Future[bytes]]] = []
+        self._queue: list[tuple[list[bytes], asyncio.Future[Sequence[object]]]] = []
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
         self._close_task: asyncio.Task[None] | None = None
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def xadd(self, payload: bytes) -> asyncio.Future[bytes]:
-        """Queue one ``XADD``; the future is its reply (a plain future: no task per item)."""
+    def xadd_batch(self, payloads: list[bytes]) -> asyncio.Future[Sequence[object]]:
+        """Queue one ``XADD`` per payload; the future is their replies (an entry id, or
+        the error of an ``XADD`` that failed), in order."""
         loop = self._loop = asyncio.get_running_loop()
-        done: asyncio.Future[bytes] = loop.create_future()
-        self._queue.append((payload, done))
+        done: asyncio.Future[Sequence[object]] = loop.create_future()
+        self._queue.append((payloads, done))
         if not self._flushing:
             self._flushing = True
             self._flush_task = loop.create_task(self._flush())
@@ -728,20 +730,24 @@ class _Appender:
     async def _flush(self) -> None:
         try:
             while self._queue:
-                queued, self._queue = self._queue, []
+                queued = [(p, done) for p, done in self._queue if not done.done()]
+                self._queue = []
+                if not queued:
+                    continue  # every batch was cancelled before it was sent
+                payloads = [payload for batch, _ in queued for payload in batch]
                 try:
-                    replies = await self._append([payload for payload, _ in queued])
+                    replies = await self._append(payloads)
                 except Exception as error:  # the connection: every XADD of the pipeline
-                    replies = [error] * len(queued)
-                for (_, done), reply in zip(queued, replies, strict=True):
-                    if done.done():
-                        continue  # its publish was cancelled
-                    if isinstance(reply, BaseException):
-                        done.set_exception(reply)
-                    elif isinstance(reply, bytes | str):
-                        done.set_result(_as_bytes(reply))
-                    else:  # pragma: no cover - XADD replies with the entry id
-                        done.set_exception(TypeError(f"XADD replied {reply!r}"))
+                    for _, done in queued:
+                        if not done.done():
+                            done.set_exception(error)
+                    continue
+                start = 0
+                for batch, done in queued:
+                    end = start + len(batch)
+                    if not done.done():  # else its publish was cancelled
+                        done.set_result(replies[start:end])
+                    start = end
         finally:
             self._flushing = False
             await self._close_if_idle()
@@ -990,11 +996,9 @@ def sink(
     def operator(upstream: Flow[Any]) -> Flow[Any]:
         def per_subscription() -> Flow[Any]:
             appender = _Appender(client, stream, field, maxlen, approximate)
-
-            def send(item: Any) -> asyncio.Future[bytes]:
-                return appender.xadd(encoder(item))
-
-            published = confirmed(upstream, send, max_in_flight, loop)
+            published = confirmed_batches(
+                upstream, encoder, appender.xadd_batch, max_in_flight, loop
+            )
             if not appender.owned:
                 return published
             return published.lift(lambda downstream: _ClosingSubscriber(downstream, appender))

@@ -356,11 +356,13 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
             self._record_refusal(error)
             self._schedule()
             return
+        if handle is None:
+            return  # nothing to cancel one by one (the runner's close stops it all)
         with self._lock:
-            keep = handle is not None and not slot.done and not self._halted
+            keep = not slot.done and not self._halted
             if keep:
                 slot.handle = handle
-        if handle is not None and not keep and not slot.done:
+        if not keep and not slot.done:
             handle.cancel()
 
     def on_error(self, error: Exception) -> None:
@@ -451,13 +453,23 @@ class _MapAsyncSubscriber(QueueDrain[R], Generic[T, R]):
         on_next = actual.on_next
         emitted = 0
         while emitted != requested and not self._halted:
+            ready: list[R | None] = []
             with lock:
-                # _halted under the lock: a failed call halts before its slot is done.
-                if self._halted or not results or not results[0].done:
+                # _halted under the lock: a failed call halts before its slot is
+                # done, so while this lock is held and _halted is false, every done
+                # slot at the head holds a result. They are taken in one go.
+                if self._halted:
                     break
-                value = results.popleft().value
-            on_next(cast("R", value))
-            emitted += 1
+                want = requested - emitted
+                while results and results[0].done and len(ready) != want:
+                    ready.append(results.popleft().value)
+            if not ready:
+                break
+            for value in ready:
+                if self._halted:
+                    break  # cancelled, or an error cut ahead: the rest is dropped
+                on_next(cast("R", value))
+                emitted += 1
         if emitted and not self._upstream_done and not self._halted:
             with lock:
                 self._asked = add_cap(self._asked, emitted)

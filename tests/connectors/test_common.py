@@ -23,7 +23,7 @@ from reactive_bp.connectors import (
     PublishError,
     Settlement,
 )
-from reactive_bp.connectors._common import FetchFlow, confirmed, require
+from reactive_bp.connectors._common import FetchFlow, confirmed, confirmed_batches, require
 from reactive_bp.schedulers import ThreadPoolScheduler
 from reactive_bp.testing import TestSubscriber
 
@@ -693,6 +693,205 @@ def test_items_arriving_on_another_thread_are_published_on_the_loop() -> None:
     subscriber = asyncio.run(main())
     assert subscriber.items == list(range(30)) and subscriber.completed
     assert set(threads) == {0}  # every publish ran on the loop's thread
+    subscriber.assert_clean()
+
+
+# -- confirmed_batches(): one future per batch (the Redis pipeline path) -----------------------
+
+
+class BatchConfirmations:
+    """A batch publisher: one future per batch, resolved when the test replies to it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.waiting: list[tuple[list[int], asyncio.Future[Sequence[object]]]] = []
+        self.threads: set[int] = set()
+
+    def publish_batch(self, payloads: list[int]) -> asyncio.Future[Sequence[object]]:
+        self.threads.add(threading.get_ident())
+        future: asyncio.Future[Sequence[object]] = asyncio.get_running_loop().create_future()
+        self.batches.append(payloads)
+        self.waiting.append((payloads, future))
+        return future
+
+    @property
+    def unconfirmed(self) -> int:
+        return sum(len(batch) for batch, future in self.waiting if not future.done())
+
+    def reply_all(self, fail_on: int | None = None) -> None:
+        waiting, self.waiting = self.waiting, []
+        for batch, future in waiting:
+            if not future.done():
+                future.set_result(
+                    [OSError(f"refused {p}") if p == fail_on else b"ok" for p in batch]
+                )
+
+
+def _tenfold(item: int) -> int:
+    return item * 10
+
+
+def test_batches_one_publish_per_loop_turn_within_the_window_in_order() -> None:
+    requests: list[int] = []
+
+    async def main() -> tuple[BatchConfirmations, TestSubscriber[int]]:
+        publisher = BatchConfirmations()
+        upstream = Flow.range(0, 50).do_on_request(requests.append)
+        subscriber: TestSubscriber[int] = TestSubscriber(1000)
+        confirmed_batches(upstream, _tenfold, publisher.publish_batch, 8).subscribe(subscriber)
+        while not subscriber.is_terminated:
+            await _settle(3)
+            assert publisher.unconfirmed <= 8  # never more than max_in_flight unconfirmed
+            publisher.reply_all()
+        return publisher, subscriber
+
+    publisher, subscriber = asyncio.run(main())
+    assert subscriber.items == list(range(50)) and subscriber.completed  # items, in order
+    # Payloads are prepare(item); the items of one turn are one batch, of the window.
+    assert [p for batch in publisher.batches for p in batch] == [i * 10 for i in range(50)]
+    assert [len(batch) for batch in publisher.batches] == [8] * 6 + [2]
+    assert set(requests) == {8}
+    subscriber.assert_clean()
+
+
+def test_batches_wait_for_downstream_demand() -> None:
+    async def main() -> tuple[BatchConfirmations, TestSubscriber[int]]:
+        publisher = BatchConfirmations()
+        subscriber: TestSubscriber[int] = TestSubscriber(1)
+        confirmed_batches(Flow.range(0, 100), _tenfold, publisher.publish_batch, 3).subscribe(
+            subscriber
+        )
+        await _settle()
+        publisher.reply_all()
+        await _settle()
+        # One delivered, two confirmed and held: only one more was published.
+        assert subscriber.items == [0] and publisher.batches == [[0, 10, 20], [30]]
+        subscriber.request(2)
+        await _settle()
+        assert subscriber.items == [0, 1, 2] and publisher.batches[2:] == [[40, 50]]
+        subscriber.cancel()
+        await _settle()
+        return publisher, subscriber
+
+    publisher, subscriber = asyncio.run(main())
+    assert all(future.cancelled() for _, future in publisher.waiting)
+    subscriber.assert_clean()
+
+
+def test_a_failed_reply_in_a_batch_emits_the_ones_before_it_then_publish_error() -> None:
+    cancelled: list[bool] = []
+
+    async def main() -> tuple[BatchConfirmations, TestSubscriber[int]]:
+        publisher = BatchConfirmations()
+        upstream = Flow.range(0, 100).do_on_cancel(lambda: cancelled.append(True))
+        subscriber: TestSubscriber[int] = TestSubscriber(100)
+        confirmed_batches(upstream, _tenfold, publisher.publish_batch, 6).subscribe(subscriber)
+        await _settle()
+        publisher.reply_all(fail_on=30)
+        await _until(lambda: subscriber.is_terminated)
+        await _settle()
+        return publisher, subscriber
+
+    publisher, subscriber = asyncio.run(main())
+    assert subscriber.items == [0, 1, 2]
+    (error,) = subscriber.errors
+    assert isinstance(error, PublishError) and error.item == 3
+    assert isinstance(error.__cause__, OSError)
+    assert cancelled == [True]
+    # What the three confirmations asked for was published, and cancelled by the failure.
+    assert all(future.cancelled() for _, future in publisher.waiting), publisher.waiting
+    subscriber.assert_clean()
+
+
+@pytest.mark.parametrize("how", ["set_exception", "cancel"])
+def test_a_failed_or_client_cancelled_batch_fails_its_first_item(how: str) -> None:
+    async def main() -> TestSubscriber[int]:
+        publisher = BatchConfirmations()
+        subscriber: TestSubscriber[int] = TestSubscriber(100)
+        confirmed_batches(Flow.range(0, 100), _tenfold, publisher.publish_batch, 4).subscribe(
+            subscriber
+        )
+        await _settle()
+        ((_, future),) = publisher.waiting
+        if how == "cancel":
+            future.cancel()  # by the client (its connection closed), not the subscription
+        else:
+            future.set_exception(ConnectionResetError("gone"))
+        await _until(lambda: subscriber.is_terminated)
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert subscriber.items == []
+    (error,) = subscriber.errors
+    assert isinstance(error, PublishError) and error.item == 0
+    assert isinstance(error.__cause__, ConnectionError)
+    subscriber.assert_clean()
+
+
+def test_a_raising_prepare_fails_that_item_and_nothing_after_it_is_published() -> None:
+    def prepare(item: int) -> int:
+        if item == 2:
+            raise ValueError("cannot encode 2")
+        return item
+
+    async def main() -> tuple[BatchConfirmations, TestSubscriber[int]]:
+        publisher = BatchConfirmations()
+        subscriber: TestSubscriber[int] = TestSubscriber(100)
+        confirmed_batches(Flow.range(0, 100), prepare, publisher.publish_batch, 5).subscribe(
+            subscriber
+        )
+        await _until(lambda: subscriber.is_terminated)
+        await _settle()
+        return publisher, subscriber
+
+    publisher, subscriber = asyncio.run(main())
+    (error,) = subscriber.errors
+    assert isinstance(error, PublishError) and error.item == 2
+    assert isinstance(error.__cause__, ValueError)
+    assert publisher.batches == []  # the turn's batch was dropped with the stream
+    subscriber.assert_clean()
+
+
+def test_cancel_from_another_thread_cancels_the_waiting_batches_and_publishes_nothing_more() -> (
+    None
+):
+    async def main() -> tuple[BatchConfirmations, TestSubscriber[int]]:
+        publisher = BatchConfirmations()
+        subscriber: TestSubscriber[int] = TestSubscriber(100)
+        confirmed_batches(Flow.range(0, 100), _tenfold, publisher.publish_batch, 4).subscribe(
+            subscriber
+        )
+        await _settle()
+        ((_, future),) = publisher.waiting
+        await asyncio.get_running_loop().run_in_executor(None, subscriber.cancel)
+        await _settle()
+        assert future.cancelled()
+        publisher.reply_all()
+        await _settle()
+        return publisher, subscriber
+
+    publisher, subscriber = asyncio.run(main())
+    assert publisher.batches == [[0, 10, 20, 30]] and subscriber.items == []
+    assert not subscriber.is_terminated
+    subscriber.assert_clean()
+
+
+def test_batches_of_items_from_another_thread_are_published_on_the_loop() -> None:
+    async def main() -> tuple[BatchConfirmations, TestSubscriber[int], int]:
+        publisher = BatchConfirmations()
+        subscriber: TestSubscriber[int] = TestSubscriber(1000)
+        with ThreadPoolScheduler(1) as pool:
+            upstream = Flow.range(0, 30).subscribe_on(pool)
+            confirmed_batches(upstream, _tenfold, publisher.publish_batch, 4).subscribe(subscriber)
+            while not subscriber.is_terminated:
+                await _settle(3)
+                assert publisher.unconfirmed <= 4
+                publisher.reply_all()
+        return publisher, subscriber, threading.get_ident()
+
+    publisher, subscriber, loop_thread = asyncio.run(main())
+    assert subscriber.items == list(range(30)) and subscriber.completed
+    assert publisher.threads == {loop_thread}
     subscriber.assert_clean()
 
 
