@@ -145,11 +145,18 @@ class Settlement:
         self._future: concurrent.futures.Future[None] | None = None
         if _running_loop() is loop:
             # A future already under way (a connector batching its acks) is kept as
-            # it is; a coroutine becomes a task.
-            local = (
-                coroutine if isinstance(coroutine, asyncio.Future) else loop.create_task(coroutine)
-            )
-            local.add_done_callback(_retrieve)  # its failure is kept here, not logged
+            # it is: its failure is the connector's to retrieve (see Message), and
+            # one already failed is retrieved now, so no callback per settlement.
+            # A coroutine becomes a task, whose failure is kept here, not logged.
+            if not isinstance(coroutine, asyncio.Future):
+                local: asyncio.Future[None] = loop.create_task(coroutine)
+                local.add_done_callback(_retrieve)
+            else:
+                local = coroutine
+                if isinstance(local, asyncio.Task):
+                    local.add_done_callback(_retrieve)
+                elif local.done():
+                    _retrieve(local)
             self._local = local
             return
         if isinstance(coroutine, asyncio.Future):
@@ -182,8 +189,10 @@ class Settlement:
     def __await__(self) -> Generator[Any, None, None]:
         local = self._local
         if local is not None and _running_loop() is self._loop:
-            return _await_local(local).__await__()
-        return asyncio.wrap_future(self._threadsafe()).__await__()
+            return _await_shielded(local).__await__()
+        # Shielded too: a waiter on another loop that gives up must not cancel the
+        # thread-safe future, which would cancel the settlement's task on its loop.
+        return _await_shielded(asyncio.wrap_future(self._threadsafe())).__await__()
 
     def _threadsafe(self) -> concurrent.futures.Future[None]:
         """The thread-safe view of the outcome (made on first need for a local future)."""
@@ -209,10 +218,10 @@ class Settlement:
         return f"<Settlement {self.kind} {state}>"
 
 
-async def _await_local(local: asyncio.Future[None]) -> None:
+async def _await_shielded(future: asyncio.Future[None]) -> None:
     # Awaited through a coroutine so that a caller's cancellation does not cancel the
     # settlement itself (it runs anyway).
-    await asyncio.shield(local)
+    await asyncio.shield(future)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -303,7 +312,11 @@ class Message(Generic[T_co]):
 
     A connector's ``ack``/``nack`` callables return a coroutine (run as a task on
     ``loop``) or, when called on ``loop`` itself, an ``asyncio.Future`` already
-    under way (no task per settlement). ``lock`` guards the first-settlement-wins
+    under way (no task per settlement; several messages may share one, the
+    future of the batch their settlement joined). A plain future's failure is
+    the connector's to retrieve (``future.exception()`` after setting it), so
+    that a settlement nobody awaits is not logged as a failure never
+    retrieved; the ``Settlement`` keeps it. ``lock`` guards the first-settlement-wins
     decision; a connector passes one lock for all the messages of a subscription
     (settling is rare next to the lock's cost per message), else each has its own.
     """

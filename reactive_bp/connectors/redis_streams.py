@@ -216,8 +216,9 @@ class _RedisFetcher(Generic[T]):
         # The claim sweep: its XAUTOCLAIM cursor while one runs, and when the next starts.
         self._claim_cursor: bytes | None = None
         self._next_claim = 0.0
-        # Acks waiting for the next XACK, and whether a flush task sends them.
-        self._acks: list[tuple[bytes, asyncio.Future[None]]] = []
+        # Acks waiting for the next XACK, its future, and whether a flush task sends them.
+        self._acks: list[bytes] = []
+        self._acked: asyncio.Future[None] | None = None
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
         self._busy = 0  # fetches and settlement calls to the broker in progress
@@ -398,15 +399,19 @@ class _RedisFetcher(Generic[T]):
         return self._join_xack_later(entry_id)
 
     async def _join_xack_later(self, entry_id: bytes) -> None:
-        await self._join_xack(entry_id)
+        # Shielded: this task is cancelled when its waiter (on another thread or loop)
+        # gives up, and must not cancel the XACK future the other acks share.
+        await asyncio.shield(self._join_xack(entry_id))
 
     def _join_xack(self, entry_id: bytes) -> asyncio.Future[None]:
         loop = self._loop
         assert loop is not None
-        # One future per ack, not one per batch: a waiter cancelled (a Settlement
-        # awaited from a thread and cancelled there, say) must not cancel the others.
-        done: asyncio.Future[None] = loop.create_future()
-        self._acks.append((entry_id, done))
+        # One future per XACK, shared by its acks: a Settlement never cancels it
+        # (an awaiter is shielded from it), and this flush retrieves its failure.
+        self._acks.append(entry_id)
+        done = self._acked
+        if done is None:
+            done = self._acked = loop.create_future()
         if not self._flushing:
             self._flushing = True
             self._busy += 1
@@ -417,20 +422,20 @@ class _RedisFetcher(Generic[T]):
         """Send the acks gathered so far as one ``XACK``, until none is left."""
         try:
             while self._acks:
-                acks, self._acks = self._acks, []
-                ids = [entry_id for entry_id, _ in acks]
+                ids, self._acks = self._acks, []
+                done, self._acked = self._acked, None
+                assert done is not None
                 try:
                     await self._client.xack(self._key, self._group, *ids)
                 except Exception as error:
-                    for _, done in acks:
-                        if not done.done():
-                            done.set_exception(error)
+                    if not done.done():
+                        done.set_exception(error)
+                        done.exception()  # retrieved: kept by the settlements, not logged
                     continue
                 self._unsettled.difference_update(ids)
                 self._stats.acked += len(ids)
-                for _, done in acks:
-                    if not done.done():
-                        done.set_result(None)
+                if not done.done():
+                    done.set_result(None)
         finally:
             self._flushing = False
             self._busy -= 1

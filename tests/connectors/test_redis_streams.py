@@ -32,6 +32,7 @@ from reactive_bp.connectors import (
     AlreadySettledError,
     Message,
     PublishError,
+    Settlement,
     redis_streams,
 )
 from reactive_bp.connectors._common import FetchFlow
@@ -503,6 +504,63 @@ def test_manual_ack_leaves_each_message_pending_until_it_is_acked(
     source = asyncio.run(main())
     assert pending_at_delivery == [7] * 7  # the batch was pending while delivered
     assert source.stats.acked == 3
+
+
+def test_acks_share_one_xack_and_a_waiter_that_gives_up_cancels_no_ack(
+    url: str, admin: redis.Redis
+) -> None:
+    """Acks of one turn share one XACK future. Waiters that give up (on the loop, or on
+    another thread's loop) cancel nothing: every ack still runs and is confirmed."""
+    key = _key()
+    _publish(admin, key, (str(i).encode() for i in range(4)))
+    logged: list[dict[str, object]] = []
+
+    def give_up_from_a_thread(message: Message[bytes]) -> Settlement:
+        settlement = message.ack()  # off the connector's loop: sent to it
+
+        async def wait_then_cancel() -> None:
+            waiter = asyncio.ensure_future(_wait(settlement))
+            await asyncio.sleep(0)
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+
+        asyncio.run(wait_then_cancel())
+        return settlement
+
+    async def main() -> FetchFlow[bytes]:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: logged.append(context))
+        holder = Holder()
+        source = _source(url, key)
+        source.subscribe(holder)
+        holder.request(4)
+        await _until(lambda: holder.received == 4)
+        first, second, third, fourth = holder.take()
+        on_loop = [first.ack(), second.ack()]
+        given_up = asyncio.ensure_future(_wait(on_loop[0]))
+        await asyncio.sleep(0)
+        given_up.cancel()  # the caller gives up; the ack it waited for goes on
+        loop = asyncio.get_running_loop()
+        from_threads = await asyncio.gather(
+            loop.run_in_executor(None, give_up_from_a_thread, third),
+            loop.run_in_executor(None, give_up_from_a_thread, fourth),
+        )
+        await asyncio.gather(*(_wait(s) for s in on_loop))
+        for settlement in from_threads:
+            await loop.run_in_executor(None, settlement.result, 5)
+        await _until(lambda: _pending(admin, key, "g") == [])
+        assert holder.subscription is not None
+        holder.subscription.cancel()
+        await asyncio.sleep(0.05)
+        return source
+
+    source = asyncio.run(main())
+    assert source.stats.acked == 4
+    assert logged == []
+
+
+async def _wait(settlement: Settlement) -> None:
+    await settlement
 
 
 def test_on_delivery_acks_each_batch_before_handing_it_downstream(
