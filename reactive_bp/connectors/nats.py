@@ -179,7 +179,6 @@ class _Metadata(LazyMetadata):
     __slots__ = ("_msg",)
 
     def __init__(self, msg: Msg) -> None:
-        super().__init__()
         self._msg = msg
 
     @override

@@ -39,7 +39,6 @@ needed.
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -132,18 +131,32 @@ class _EntryMetadata(LazyMetadata):
     entry's raw fields).
     """
 
-    __slots__ = ("_entry_fields", "_entry_id", "_where")
+    __slots__ = ("_entry_fields", "_entry_id", "_fetcher", "_where")
 
     def __init__(
         self,
         where: tuple[str, str, str, bool],
         entry_id: bytes,
         fields: Mapping[bytes, bytes],
+        fetcher: _RedisFetcher[Any],
     ) -> None:
-        super().__init__()
         self._where = where  # (stream, group, consumer, redelivered): shared by a batch
         self._entry_id = entry_id
         self._entry_fields = fields
+        self._fetcher = fetcher
+
+    # The message's ack/nack (bound methods of what the metadata holds anyway: no
+    # closure per message).
+    def _start_ack(self) -> asyncio.Future[None] | Coroutine[Any, Any, None]:
+        """Join the next ``XACK``: a future of Redis' reply, or (off the loop) a
+        coroutine that joins it on the loop."""
+        fetcher = self._fetcher
+        if _running_loop() is fetcher._loop:
+            return fetcher._join_xack(self._entry_id)
+        return fetcher._join_xack_later(self._entry_id)
+
+    def _start_nack(self, requeue: bool) -> Coroutine[Any, Any, None]:
+        return self._fetcher._nack(self._entry_id, self._entry_fields, requeue)
 
     @override
     def _build(self) -> dict[str, object]:
@@ -342,8 +355,6 @@ class _RedisFetcher(Generic[T]):
         stream = self._stream
         where = (stream, self._group, self._consumer, redelivered)
         lock = self._message_lock
-        ack_entry = self._ack
-        nack_entry = self._nack
         self._loop = loop
         batch: list[Message[T]] = []
         ids: list[bytes] = []
@@ -364,16 +375,21 @@ class _RedisFetcher(Generic[T]):
                     f"{_text(field)!r} (its fields: {sorted(_text(k) for k in fields)})"
                 ) from None
             value = decode(payload)  # raising fails the stream: the batch stays pending
-            metadata = _EntryMetadata(where, entry_id, fields)
-            ack: Callable[[], Coroutine[Any, Any, None] | asyncio.Future[None]]
-            nack: Callable[[bool], Coroutine[Any, Any, None] | asyncio.Future[None]]
+            metadata = _EntryMetadata(where, entry_id, fields, self)
             if manual:
-                ack = functools.partial(ack_entry, entry_id)
-                nack = functools.partial(nack_entry, entry_id, fields)
+                message = Message(
+                    value,
+                    metadata,
+                    ack=metadata._start_ack,
+                    nack=metadata._start_nack,
+                    loop=loop,
+                    lock=lock,
+                )
             else:
-                ack = _settled
-                nack = _nack_after_delivery
-            batch.append(Message(value, metadata, ack=ack, nack=nack, loop=loop, lock=lock))
+                message = Message(
+                    value, metadata, ack=_settled, nack=_nack_after_delivery, loop=loop, lock=lock
+                )
+            batch.append(message)
             ids.append(entry_id)
         if deleted:
             await self._xack(deleted)
@@ -390,13 +406,6 @@ class _RedisFetcher(Generic[T]):
         await self._client.xack(self._key, self._group, *ids)
 
     # -- settlement (coroutines on the loop, one per ack/nack) ----------------------------
-
-    def _ack(self, entry_id: bytes) -> asyncio.Future[None] | Coroutine[Any, Any, None]:
-        """Join the next ``XACK``: a future of Redis' reply, or (off the loop) a coroutine
-        that joins it on the loop."""
-        if _running_loop() is self._loop:
-            return self._join_xack(entry_id)
-        return self._join_xack_later(entry_id)
 
     async def _join_xack_later(self, entry_id: bytes) -> None:
         # Shielded: this task is cancelled when its waiter (on another thread or loop)

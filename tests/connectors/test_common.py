@@ -580,6 +580,38 @@ class FutureConfirmations:
                 future.set_result(b"ok")
 
 
+class BatchConfirmations:
+    """A batch publisher: one future per batch, resolved when the test replies to it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.waiting: list[tuple[list[int], asyncio.Future[Sequence[object]]]] = []
+        self.threads: set[int] = set()
+
+    def publish_batch(self, payloads: list[int]) -> asyncio.Future[Sequence[object]]:
+        self.threads.add(threading.get_ident())
+        future: asyncio.Future[Sequence[object]] = asyncio.get_running_loop().create_future()
+        self.batches.append(payloads)
+        self.waiting.append((payloads, future))
+        return future
+
+    @property
+    def unconfirmed(self) -> int:
+        return sum(len(batch) for batch, future in self.waiting if not future.done())
+
+    def reply_all(self, fail_on: int | None = None) -> None:
+        waiting, self.waiting = self.waiting, []
+        for batch, future in waiting:
+            if not future.done():
+                future.set_result(
+                    [OSError(f"refused {p}") if p == fail_on else b"ok" for p in batch]
+                )
+
+
+def _tenfold(item: int) -> int:
+    return item * 10
+
+
 def test_confirmations_that_arrive_together_are_one_drain_and_one_request_upstream() -> None:
     requests: list[int] = []
 
@@ -602,28 +634,41 @@ def test_confirmations_that_arrive_together_are_one_drain_and_one_request_upstre
     subscriber.assert_clean()
 
 
-def test_a_failure_inside_a_batch_emits_the_confirmations_before_it_then_publish_error() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["future_per_item", "confirmed_batches"])
+def test_a_failure_inside_a_batch_emits_the_confirmations_before_it_then_publish_error(
+    batched: bool,
+) -> None:
     cancelled: list[bool] = []
 
-    async def main() -> tuple[TestSubscriber[int], FutureConfirmations]:
-        publisher = FutureConfirmations()
+    async def main() -> tuple[TestSubscriber[int], list[asyncio.Future[Any]]]:
         upstream = Flow.range(0, 100).do_on_cancel(lambda: cancelled.append(True))
         subscriber: TestSubscriber[int] = TestSubscriber(100)
-        confirmed(upstream, publisher.publish, max_in_flight=6).subscribe(subscriber)
-        await _settle()
-        publisher.reply_all(fail_on=3)
+        if batched:
+            batches = BatchConfirmations()
+            confirmed_batches(upstream, _tenfold, batches.publish_batch, 6).subscribe(subscriber)
+            await _settle()
+            batches.reply_all(fail_on=30)  # the payload of item 3
+        else:
+            publisher = FutureConfirmations()
+            confirmed(upstream, publisher.publish, max_in_flight=6).subscribe(subscriber)
+            await _settle()
+            publisher.reply_all(fail_on=3)
         await _until(lambda: subscriber.is_terminated)
         await _settle()
-        return subscriber, publisher
+        if batched:
+            return subscriber, [future for _, future in batches.waiting]
+        return subscriber, [future for _, future in publisher.pending]
 
-    subscriber, publisher = asyncio.run(main())
+    subscriber, still_open = asyncio.run(main())
     assert subscriber.items == [0, 1, 2]
     (error,) = subscriber.errors
     assert isinstance(error, PublishError) and error.item == 3
+    assert isinstance(error.__cause__, OSError)
     assert cancelled == [True]
     # The confirmed items were handed over before the failure (and asked for as many
-    # more, started at once); every publish still open when it failed was cancelled.
-    assert all(future.cancelled() for _, future in publisher.pending), publisher.pending
+    # more); every publish still open when it failed was cancelled (a batch not yet
+    # sent is dropped unsent).
+    assert all(future.cancelled() for future in still_open), still_open
     subscriber.assert_clean()  # the replies after the failure are dropped, not reported
 
 
@@ -699,38 +744,6 @@ def test_items_arriving_on_another_thread_are_published_on_the_loop() -> None:
 # -- confirmed_batches(): one future per batch (the Redis pipeline path) -----------------------
 
 
-class BatchConfirmations:
-    """A batch publisher: one future per batch, resolved when the test replies to it."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-        self.waiting: list[tuple[list[int], asyncio.Future[Sequence[object]]]] = []
-        self.threads: set[int] = set()
-
-    def publish_batch(self, payloads: list[int]) -> asyncio.Future[Sequence[object]]:
-        self.threads.add(threading.get_ident())
-        future: asyncio.Future[Sequence[object]] = asyncio.get_running_loop().create_future()
-        self.batches.append(payloads)
-        self.waiting.append((payloads, future))
-        return future
-
-    @property
-    def unconfirmed(self) -> int:
-        return sum(len(batch) for batch, future in self.waiting if not future.done())
-
-    def reply_all(self, fail_on: int | None = None) -> None:
-        waiting, self.waiting = self.waiting, []
-        for batch, future in waiting:
-            if not future.done():
-                future.set_result(
-                    [OSError(f"refused {p}") if p == fail_on else b"ok" for p in batch]
-                )
-
-
-def _tenfold(item: int) -> int:
-    return item * 10
-
-
 def test_batches_one_publish_per_loop_turn_within_the_window_in_order() -> None:
     requests: list[int] = []
 
@@ -775,31 +788,6 @@ def test_batches_wait_for_downstream_demand() -> None:
 
     publisher, subscriber = asyncio.run(main())
     assert all(future.cancelled() for _, future in publisher.waiting)
-    subscriber.assert_clean()
-
-
-def test_a_failed_reply_in_a_batch_emits_the_ones_before_it_then_publish_error() -> None:
-    cancelled: list[bool] = []
-
-    async def main() -> tuple[BatchConfirmations, TestSubscriber[int]]:
-        publisher = BatchConfirmations()
-        upstream = Flow.range(0, 100).do_on_cancel(lambda: cancelled.append(True))
-        subscriber: TestSubscriber[int] = TestSubscriber(100)
-        confirmed_batches(upstream, _tenfold, publisher.publish_batch, 6).subscribe(subscriber)
-        await _settle()
-        publisher.reply_all(fail_on=30)
-        await _until(lambda: subscriber.is_terminated)
-        await _settle()
-        return publisher, subscriber
-
-    publisher, subscriber = asyncio.run(main())
-    assert subscriber.items == [0, 1, 2]
-    (error,) = subscriber.errors
-    assert isinstance(error, PublishError) and error.item == 3
-    assert isinstance(error.__cause__, OSError)
-    assert cancelled == [True]
-    # What the three confirmations asked for was published, and cancelled by the failure.
-    assert all(future.cancelled() for _, future in publisher.waiting), publisher.waiting
     subscriber.assert_clean()
 
 
