@@ -33,6 +33,7 @@ import contextlib
 import enum
 import importlib
 import threading
+from collections import deque
 from collections.abc import (
     Awaitable,
     Callable,
@@ -580,6 +581,48 @@ class FetchFlow(Flow[Message[T]]):
         return self._name
 
 
+class _InOrder:
+    """Hands what is submitted, from any thread, to a loop-confined ``take`` in submission order.
+
+    A runner's ``submit`` runs on the thread that delivered the item: the loop's
+    own (``take`` at once) or another (``take`` later, on the loop). Taking an
+    item submitted on the loop at once could put it ahead of an earlier item
+    still on its way from another thread, and a broker would then store them
+    out of order. So every submission joins one queue (submissions are serial,
+    Rule 1.3, so its order is the items' order) and the loop takes the queue
+    from its head; a ``take`` that submits again (a failure asking upstream
+    for more) only queues behind the one running.
+    """
+
+    __slots__ = ("_arrivals", "_loop", "_take", "_taking")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, take: Callable[..., None]) -> None:
+        self._loop = loop
+        self._take = take
+        self._arrivals: deque[tuple[Any, ...]] = deque()  # append/popleft: thread-safe
+        self._taking = False  # loop-confined
+
+    def submit(self, *arguments: Any) -> None:
+        self._arrivals.append(arguments)
+        loop = self._loop
+        if _running_loop() is loop:
+            self._take_all()
+        else:
+            loop.call_soon_threadsafe(self._take_all)  # a closed loop raises: the caller's
+
+    def _take_all(self) -> None:
+        if self._taking:
+            return  # the take running now reaches these
+        arrivals = self._arrivals
+        take = self._take
+        self._taking = True
+        try:
+            while arrivals:
+                take(*arrivals.popleft())
+        finally:
+            self._taking = False
+
+
 class _ConfirmRunner(Generic[T]):
     """Starts ``publish(item)`` on the loop and reports its confirmation: no task per item.
 
@@ -594,25 +637,22 @@ class _ConfirmRunner(Generic[T]):
     emits them all and asks upstream for as many more with one ``request``.
     """
 
-    __slots__ = ("_confirmed", "_finish", "_loop", "_publish")
+    __slots__ = ("_confirmed", "_finish", "_in_order", "_loop", "_publish")
 
     def __init__(
         self, publish: Callable[[T], Awaitable[object]], loop: asyncio.AbstractEventLoop
     ) -> None:
         self._publish = publish
         self._loop = loop
+        self._in_order = _InOrder(loop, self._start)
         # Loop-confined: confirmations not yet handed over, in the order they came.
         self._confirmed: list[tuple[_Slot[T], T, _TaskHandle]] = []
         # Set by the flow once the limiter exists: its batched success path.
         self._finish: Callable[[list[tuple[_Slot[T], T]]], None] | None = None
 
     def submit(self, item: T, slot: _Slot[T], on_done: Completion[T]) -> Cancellable | None:
-        loop = self._loop
-        handle = _TaskHandle(loop)
-        if _running_loop() is loop:
-            self._start(item, slot, on_done, handle)
-        else:
-            loop.call_soon_threadsafe(self._start, item, slot, on_done, handle)
+        handle = _TaskHandle(self._loop)
+        self._in_order.submit(item, slot, on_done, handle)  # published in item order
         return handle
 
     def _start(self, item: T, slot: _Slot[T], on_done: Completion[T], handle: _TaskHandle) -> None:
@@ -694,6 +734,7 @@ class _BatchConfirmRunner(Generic[T, P]):
     __slots__ = (
         "_closed",
         "_finish",
+        "_in_order",
         "_loop",
         "_on_done",
         "_payloads",
@@ -719,15 +760,12 @@ class _BatchConfirmRunner(Generic[T, P]):
         self._waiting: set[asyncio.Future[Sequence[object]]] = set()
         self._closed = False
         self._on_done: Completion[T] | None = None
+        self._in_order = _InOrder(loop, self._add)
         # Set by the flow once the limiter exists: its batched success path.
         self._finish: Callable[[list[tuple[_Slot[T], T]]], None] | None = None
 
     def submit(self, item: T, slot: _Slot[T], on_done: Completion[T]) -> Cancellable | None:
-        loop = self._loop
-        if _running_loop() is loop:
-            self._add(item, slot, on_done)
-        else:
-            loop.call_soon_threadsafe(self._add, item, slot, on_done)
+        self._in_order.submit(item, slot, on_done)  # batched in item order
         return None  # close() cancels what is under way, batch by batch
 
     def _add(self, item: T, slot: _Slot[T], on_done: Completion[T]) -> None:
@@ -855,7 +893,8 @@ class _ConfirmedFlow(Flow[T]):
         self._source.subscribe(limiter)
 
     def __repr__(self) -> str:
-        return f"{self._source!r}.confirmed({self._publish!r}, {self._max_in_flight})"
+        publish = self._publish if self._runner is None else "<batches>"
+        return f"{self._source!r}.confirmed({publish!r}, {self._max_in_flight})"
 
 
 def confirmed(

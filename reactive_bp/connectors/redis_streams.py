@@ -39,6 +39,7 @@ needed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -744,6 +745,11 @@ class _Appender:
     async def _flush(self) -> None:
         try:
             while self._queue:
+                if self._closing:
+                    # Cancelled or failed: nothing more is sent. The runner cancels
+                    # the futures of these batches (it closes with the stream).
+                    self._queue = []
+                    break
                 queued = [(p, done) for p, done in self._queue if not done.done()]
                 self._queue = []
                 if not queued:
@@ -785,16 +791,23 @@ class _Appender:
         return replies
 
     def close(self) -> None:
-        """The stream ended: close the client this sink opened once nothing is in flight."""
+        """The stream ended (any thread): send nothing more, close the client this sink
+        opened once nothing is in flight.
+
+        ``_closing`` is set first: a pipeline that starts after it (the first batch may
+        still be on its way to the loop when a cancel comes from another thread) sends
+        nothing, and the flush running now closes the client when it ends.
+        """
+        self._closing = True
         loop = self._loop
         if loop is None or loop.is_closed():
-            return
+            return  # nothing was sent yet: no client was opened
 
         def start() -> None:
-            self._closing = True
             self._close_task = loop.create_task(self._close_if_idle())
 
-        loop.call_soon_threadsafe(start)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(start)
 
     async def _close_if_idle(self) -> None:
         client = self._client

@@ -25,7 +25,7 @@ from reactive_bp.connectors import (
 )
 from reactive_bp.connectors._common import FetchFlow, confirmed, confirmed_batches, require
 from reactive_bp.schedulers import ThreadPoolScheduler
-from reactive_bp.testing import TestSubscriber
+from reactive_bp.testing import TestPublisher, TestSubscriber
 
 pytestmark = pytest.mark.no_undeliverable
 
@@ -738,6 +738,54 @@ def test_items_arriving_on_another_thread_are_published_on_the_loop() -> None:
     subscriber = asyncio.run(main())
     assert subscriber.items == list(range(30)) and subscriber.completed
     assert set(threads) == {0}  # every publish ran on the loop's thread
+    subscriber.assert_clean()
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["future_per_item", "confirmed_batches"])
+def test_an_item_delivered_on_the_loop_is_never_published_ahead_of_an_earlier_one(
+    batched: bool,
+) -> None:
+    """Item 0 arrives on another thread (its publish waits for the loop), item 1 then
+    on the loop itself: 1 must not overtake 0, or the broker stores them swapped (the
+    subscriber, ordered by slot, would not notice)."""
+
+    async def main() -> tuple[list[int], TestSubscriber[int]]:
+        upstream: TestPublisher[int] = TestPublisher()
+        subscriber: TestSubscriber[int] = TestSubscriber(10)
+        order: list[int] = []
+        if batched:
+            batches = BatchConfirmations()
+
+            def prepare(item: int) -> int:
+                order.append(item)
+                return item
+
+            confirmed_batches(upstream, prepare, batches.publish_batch, 4).subscribe(subscriber)
+        else:
+            publisher = FutureConfirmations()
+
+            def publish(item: int) -> asyncio.Future[bytes]:
+                order.append(item)
+                return publisher.publish(item)
+
+            confirmed(upstream, publish, max_in_flight=4).subscribe(subscriber)
+        await _settle()
+        sender = threading.Thread(target=upstream.send_next, args=(0,))
+        sender.start()
+        sender.join()  # the loop is held here: item 0's publish waits for it
+        upstream.send_next(1)  # on the loop, after item 0 was delivered
+        await _settle()
+        if batched:
+            batches.reply_all()
+        else:
+            publisher.reply_all()
+        await _settle()
+        subscriber.cancel()
+        return order, subscriber
+
+    order, subscriber = asyncio.run(main())
+    assert order == [0, 1]
+    assert subscriber.items == [0, 1]
     subscriber.assert_clean()
 
 

@@ -744,6 +744,40 @@ def test_the_sink_requests_only_as_a_slow_downstream_takes_confirmed_items(
     subscriber.assert_clean()
 
 
+def test_a_cancel_from_a_thread_before_the_first_pipeline_sends_nothing_and_leaves_no_client(
+    url: str, admin: redis.Redis
+) -> None:
+    """The first batch is on its way to its pipeline (it goes out at the end of the
+    loop's turn) when a cancel comes from another thread, and the cancel reaches the
+    publishing machinery only after a slow upstream cancel. Before, the sink's own
+    client saw the close before it was opened, then opened for that batch (appended
+    after the cancel) and was never closed."""
+    key = _key()
+    name = f"sink-{key}"
+    closing = threading.Event()
+
+    def slow_upstream_cancel() -> None:
+        closing.set()  # the sink's close ran: it comes before the upstream cancel
+        time.sleep(0.3)
+
+    async def main() -> TestSubscriber[bytes]:
+        subscriber: TestSubscriber[bytes] = TestSubscriber(10)
+        upstream = Flow.range(0, 1000).map(lambda n: b"%d" % n).do_on_cancel(slow_upstream_cancel)
+        upstream.pipe(redis_streams.sink(f"{url}?client_name={name}", key)).subscribe(subscriber)
+        canceller = threading.Thread(target=subscriber.cancel)
+        canceller.start()
+        assert closing.wait(5)  # the loop is held until then: the batch is not out yet
+        await asyncio.sleep(0.6)  # the batch's turn comes while the cancel is still going
+        canceller.join()
+        await asyncio.sleep(0.1)
+        return subscriber
+
+    subscriber = asyncio.run(main())
+    assert admin.xlen(key) == 0
+    assert [c for c in admin.client_list() if c.get("name") == name] == []
+    assert subscriber.items == [] and not subscriber.is_terminated
+
+
 def test_the_sink_trims_with_maxlen_on_a_client_it_leaves_open(
     url: str, admin: redis.Redis
 ) -> None:
