@@ -217,6 +217,7 @@ class _PullFetcher(Generic[T]):
         "_confirm_acks",
         "_consumer",
         "_decode",
+        "_done_now",
         "_durable",
         "_ephemeral",
         "_fetch_timeout",
@@ -266,6 +267,7 @@ class _PullFetcher(Generic[T]):
         self._complete_when_drained = complete_when_drained
         self._stats = stats
         self._loop = loop
+        self._done_now: asyncio.Future[None] | None = None  # see _settled_future
         self._js: JetStreamContext | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._consumer: str | None = None
@@ -465,12 +467,20 @@ class _PullFetcher(Generic[T]):
         self._stats.acked += len(raw)
 
     def _start_ack(self, msg: Msg) -> asyncio.Future[None] | Coroutine[Any, Any, None]:
-        return _start_on(self._loop, self._ack(msg))
+        return _start_on(self._loop, self._ack(msg), self._settled_future)
 
     def _start_nack(
         self, msg: Msg, requeue: bool
     ) -> asyncio.Future[None] | Coroutine[Any, Any, None]:
-        return _start_on(self._loop, self._nack(msg, requeue))
+        return _start_on(self._loop, self._nack(msg, requeue), self._settled_future)
+
+    def _settled_future(self) -> asyncio.Future[None]:
+        """A done future of the loop, shared by the settlements that finished at once."""
+        done = self._done_now
+        if done is None:
+            done = self._done_now = self._loop.create_future()
+            done.set_result(None)
+        return done
 
     async def _ack(self, msg: Msg) -> None:
         try:
@@ -499,7 +509,9 @@ class _PullFetcher(Generic[T]):
 
 
 def _start_on(
-    loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]
+    loop: asyncio.AbstractEventLoop,
+    coroutine: Coroutine[Any, Any, None],
+    settled: Callable[[], asyncio.Future[None]],
 ) -> asyncio.Future[None] | Coroutine[Any, Any, None]:
     """Start a settlement at once when called on ``loop``'s own thread.
 
@@ -507,7 +519,9 @@ def _start_on(
     it finishes without ever suspending, so it needs no task of its own (a task per
     ack was most of what an ack cost). One that suspends is continued by a task from
     where it stopped. Called from another thread, the coroutine is returned as it is,
-    for ``Settlement`` to run on ``loop`` (the client is not thread-safe).
+    for ``Settlement`` to run on ``loop`` (the client is not thread-safe). One that
+    finished returns ``settled()``: a future already done, which the settlements
+    that finished at once share (nothing can cancel a done future).
     """
     try:
         running = asyncio.get_running_loop()
@@ -515,15 +529,14 @@ def _start_on(
         running = None
     if running is not loop:
         return coroutine
-    future: asyncio.Future[None] = loop.create_future()
     try:
         suspended_on = coroutine.send(None)
     except StopIteration:
-        future.set_result(None)
-        return future
+        return settled()
     except Exception as error:
-        future.set_exception(error)
-        return future
+        failed: asyncio.Future[None] = loop.create_future()
+        failed.set_exception(error)
+        return failed
     return loop.create_task(_resume(coroutine, suspended_on))
 
 

@@ -659,19 +659,32 @@ def test_a_settlement_on_the_loop_runs_at_once_and_resumes_after_suspending() ->
     async def forever() -> None:
         await asyncio.Event().wait()
 
+    async def refused_at_once() -> None:
+        raise ConnectionError("closed")
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        done = jetstream._start_on(loop, quick())
-        assert isinstance(done, asyncio.Future) and done.done() and steps == ["quick"]
-        running = jetstream._start_on(loop, slow())
+        shared: asyncio.Future[None] = loop.create_future()
+        shared.set_result(None)
+
+        def settled() -> asyncio.Future[None]:
+            return shared
+
+        done = jetstream._start_on(loop, quick(), settled)
+        assert done is shared and steps == ["quick"]  # finished at once: the shared done future
+        running = jetstream._start_on(loop, slow(), settled)
         assert isinstance(running, asyncio.Task) and steps == ["quick", "slow 1"]
         await running
         assert steps == ["quick", "slow 1", "slow 2", "slow 3"]
-        refused = jetstream._start_on(loop, failing())
+        refused = jetstream._start_on(loop, failing(), settled)
         assert isinstance(refused, asyncio.Future)
         with pytest.raises(ValueError, match="refused"):
             await refused
-        stuck = jetstream._start_on(loop, forever())
+        at_once = jetstream._start_on(loop, refused_at_once(), settled)
+        assert isinstance(at_once, asyncio.Future) and at_once is not shared
+        with pytest.raises(ConnectionError, match="closed"):
+            await at_once
+        stuck = jetstream._start_on(loop, forever(), settled)
         assert isinstance(stuck, asyncio.Future)
         stuck.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -679,7 +692,7 @@ def test_a_settlement_on_the_loop_runs_at_once_and_resumes_after_suspending() ->
         other = asyncio.new_event_loop()
         elsewhere = quick()
         try:
-            assert jetstream._start_on(other, elsewhere) is elsewhere
+            assert jetstream._start_on(other, elsewhere, settled) is elsewhere
         finally:
             elsewhere.close()
             other.close()
