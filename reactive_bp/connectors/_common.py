@@ -786,8 +786,8 @@ class _BatchConfirmRunner(Generic[T, P]):
     def _publish(self) -> None:
         batch, self._pending = self._pending, []
         payloads, self._payloads = self._payloads, []
-        if self._closed or not batch:
-            return
+        if not batch:
+            return  # closed meanwhile: _close dropped the turn's items
         try:
             future = self._publish_batch(payloads)
         except Exception as error:  # the client refused at once

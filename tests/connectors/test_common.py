@@ -463,6 +463,15 @@ def test_settling_after_the_loop_closed_fails_the_settlement_not_the_caller() ->
 # -- confirmed(): the sink machinery -----------------------------------------------------------
 
 
+def _assert_publish_error(
+    subscriber: TestSubscriber[int], item: int, cause: type[BaseException]
+) -> None:
+    """The stream ended with one ``PublishError`` for ``item``, caused by a ``cause``."""
+    (error,) = subscriber.errors
+    assert isinstance(error, PublishError) and error.item == item
+    assert isinstance(error.__cause__, cause)
+
+
 class Confirmations:
     """A publish function whose confirmations the test releases one by one."""
 
@@ -552,9 +561,7 @@ def test_a_failed_publish_is_publish_error_with_the_item_and_cancels_upstream() 
 
     subscriber = asyncio.run(main())
     assert subscriber.items == [0]
-    (error,) = subscriber.errors
-    assert isinstance(error, PublishError) and error.item == 1
-    assert isinstance(error.__cause__, OSError)
+    _assert_publish_error(subscriber, 1, OSError)
     assert cancelled == [True]
     subscriber.assert_clean()
 
@@ -661,9 +668,7 @@ def test_a_failure_inside_a_batch_emits_the_confirmations_before_it_then_publish
 
     subscriber, still_open = asyncio.run(main())
     assert subscriber.items == [0, 1, 2]
-    (error,) = subscriber.errors
-    assert isinstance(error, PublishError) and error.item == 3
-    assert isinstance(error.__cause__, OSError)
+    _assert_publish_error(subscriber, 3, OSError)
     assert cancelled == [True]
     # The confirmed items were handed over before the failure (and asked for as many
     # more); every publish still open when it failed was cancelled (a batch not yet
@@ -691,9 +696,7 @@ def test_a_publish_cancelled_by_the_client_is_publish_error_not_a_hang() -> None
 
     subscriber = asyncio.run(main())
     assert subscriber.items == [0]
-    (error,) = subscriber.errors
-    assert isinstance(error, PublishError) and error.item == 1
-    assert isinstance(error.__cause__, ConnectionError)
+    _assert_publish_error(subscriber, 1, ConnectionError)
     subscriber.assert_clean()
 
 
@@ -858,9 +861,7 @@ def test_a_failed_or_client_cancelled_batch_fails_its_first_item(how: str) -> No
 
     subscriber = asyncio.run(main())
     assert subscriber.items == []
-    (error,) = subscriber.errors
-    assert isinstance(error, PublishError) and error.item == 0
-    assert isinstance(error.__cause__, ConnectionError)
+    _assert_publish_error(subscriber, 0, ConnectionError)
     subscriber.assert_clean()
 
 
@@ -881,9 +882,7 @@ def test_a_raising_prepare_fails_that_item_and_nothing_after_it_is_published() -
         return publisher, subscriber
 
     publisher, subscriber = asyncio.run(main())
-    (error,) = subscriber.errors
-    assert isinstance(error, PublishError) and error.item == 2
-    assert isinstance(error.__cause__, ValueError)
+    _assert_publish_error(subscriber, 2, ValueError)
     assert publisher.batches == []  # the turn's batch was dropped with the stream
     subscriber.assert_clean()
 
